@@ -1,0 +1,195 @@
+"""The OSB HTTP surface (``/v2``): parse, call the service layer, shape the response. Nothing else.
+
+Checks run in the order our checklist fixes: API version (412), then authentication (401), then the
+request itself (400/422).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from broker.api import parsing as p
+from broker.domain.errors import VersionNotSupported
+from broker.services.osb import BrokerService
+from broker.services.requests import (
+    BindRequest,
+    Caller,
+    DeprovisionRequest,
+    LastOperation,
+    ProvisionRequest,
+    Result,
+    UnbindRequest,
+    UpdateRequest,
+)
+
+MIN_MINOR, MAX_MINOR = 12, 17
+
+_CODES = {"created": 201, "accepted": 202, "ok": 200}
+
+bp = Blueprint("osb", __name__)
+
+
+def service() -> BrokerService:
+    return current_app.extensions["drbroker"].service
+
+
+def check_version() -> None:
+    header = request.headers.get("X-Broker-API-Version")
+    version = p.parse_version(header)
+    if version is None or version[0] != 2 or not MIN_MINOR <= version[1] <= MAX_MINOR:
+        shown = "missing" if not header else "not supported"
+        raise VersionNotSupported(f"X-Broker-API-Version is {shown}; this broker speaks 2.{MIN_MINOR} to "
+                                  f"2.{MAX_MINOR} (use 2.{MAX_MINOR})")
+
+
+@bp.before_request
+def _before() -> None:
+    check_version()
+    current_app.extensions["drbroker"].authenticate()
+    g.originating_identity = p.originating_identity(request.headers.get("X-Broker-API-Originating-Identity"))
+
+
+def caller() -> Caller:
+    return Caller(principal=g.get("principal"), originating_identity=g.get("originating_identity"),
+                  request_identity=g.get("request_identity"), base_url=request.host_url)
+
+
+def respond(result: Result) -> tuple[Response, int]:
+    body = {k: v for k, v in result.body.items() if v is not None}
+    return jsonify(body), _CODES[result.status]
+
+
+def respond_last_operation(report: LastOperation) -> Response:
+    body: dict[str, Any] = {"state": report.state}
+    if report.description:
+        body["description"] = report.description
+    if report.instance_usable is not None:
+        body["instance_usable"] = report.instance_usable
+    if report.update_repeatable is not None:
+        body["update_repeatable"] = report.update_repeatable
+    response = jsonify(body)
+    if report.retry_after is not None:
+        response.headers["Retry-After"] = str(report.retry_after)
+    return response
+
+
+@bp.get("/v2/catalog")
+def catalog() -> Response:
+    return Response(service().catalog.document_json, mimetype="application/json")
+
+
+@bp.put("/v2/service_instances/<instance_id>")
+def provision(instance_id: str) -> tuple[Response, int]:
+    iid = p.decode_id(instance_id, "instance_id")
+    accepts = p.flag(request.args, "accepts_incomplete")
+    body = p.json_body(request.get_data())
+    req = ProvisionRequest(
+        instance_id=iid,
+        service_id=p.field(body, "service_id", "string", required=True),
+        plan_id=p.field(body, "plan_id", "string", required=True),
+        accepts_incomplete=accepts,
+        organization_guid=p.field(body, "organization_guid", "string"),
+        space_guid=p.field(body, "space_guid", "string"),
+        context=p.field(body, "context", "object") or {},
+        parameters=p.field(body, "parameters", "object") or {},
+        maintenance_version=p.maintenance_version(body),
+        caller=caller(),
+    )
+    return respond(service().provision(req))
+
+
+@bp.patch("/v2/service_instances/<instance_id>")
+def update(instance_id: str) -> tuple[Response, int]:
+    iid = p.decode_id(instance_id, "instance_id")
+    accepts = p.flag(request.args, "accepts_incomplete")
+    body = p.json_body(request.get_data())
+    previous = p.field(body, "previous_values", "object") or {}
+    req = UpdateRequest(
+        instance_id=iid,
+        service_id=p.field(body, "service_id", "string", required=True),
+        plan_id=p.field(body, "plan_id", "string"),
+        accepts_incomplete=accepts,
+        parameters=p.field(body, "parameters", "object"),
+        context=p.field(body, "context", "object") or {},
+        maintenance_version=p.maintenance_version(body),
+        previous_values=previous,
+        caller=caller(),
+    )
+    return respond(service().update(req))
+
+
+@bp.delete("/v2/service_instances/<instance_id>")
+def deprovision(instance_id: str) -> tuple[Response, int]:
+    req = DeprovisionRequest(
+        instance_id=p.decode_id(instance_id, "instance_id"),
+        service_id=p.required_arg(request.args, "service_id"),
+        plan_id=p.required_arg(request.args, "plan_id"),
+        accepts_incomplete=p.flag(request.args, "accepts_incomplete"),
+        caller=caller(),
+    )
+    return respond(service().deprovision(req))
+
+
+@bp.get("/v2/service_instances/<instance_id>/last_operation")
+def last_operation(instance_id: str) -> Response:
+    iid = p.decode_id(instance_id, "instance_id")
+    return respond_last_operation(service().last_operation(iid, request.args.get("operation") or None))
+
+
+@bp.get("/v2/service_instances/<instance_id>")
+def get_instance(instance_id: str) -> Response:
+    return jsonify(service().get_instance(p.decode_id(instance_id, "instance_id")))
+
+
+@bp.put("/v2/service_instances/<instance_id>/service_bindings/<binding_id>")
+def bind(instance_id: str, binding_id: str) -> tuple[Response, int]:
+    iid = p.decode_id(instance_id, "instance_id")
+    bid = p.decode_id(binding_id, "binding_id")
+    accepts = p.flag(request.args, "accepts_incomplete")
+    body = p.json_body(request.get_data())
+    bind_resource = p.field(body, "bind_resource", "object") or {}
+    for key in ("app_guid", "route", "serviceid_crn"):
+        p.field(bind_resource, key, "string", prefix="bind_resource.")
+    req = BindRequest(
+        instance_id=iid,
+        binding_id=bid,
+        service_id=p.field(body, "service_id", "string", required=True),
+        plan_id=p.field(body, "plan_id", "string", required=True),
+        accepts_incomplete=accepts,
+        parameters=p.field(body, "parameters", "object") or {},
+        bind_resource=bind_resource,
+        context=p.field(body, "context", "object") or {},
+        app_guid=p.field(body, "app_guid", "string"),
+        caller=caller(),
+    )
+    return respond(service().bind(req))
+
+
+@bp.delete("/v2/service_instances/<instance_id>/service_bindings/<binding_id>")
+def unbind(instance_id: str, binding_id: str) -> tuple[Response, int]:
+    req = UnbindRequest(
+        instance_id=p.decode_id(instance_id, "instance_id"),
+        binding_id=p.decode_id(binding_id, "binding_id"),
+        service_id=p.required_arg(request.args, "service_id"),
+        plan_id=p.required_arg(request.args, "plan_id"),
+        accepts_incomplete=p.flag(request.args, "accepts_incomplete"),
+        caller=caller(),
+    )
+    return respond(service().unbind(req))
+
+
+@bp.get("/v2/service_instances/<instance_id>/service_bindings/<binding_id>/last_operation")
+def last_binding_operation(instance_id: str, binding_id: str) -> Response:
+    iid = p.decode_id(instance_id, "instance_id")
+    bid = p.decode_id(binding_id, "binding_id")
+    return respond_last_operation(
+        service().last_binding_operation(iid, bid, request.args.get("operation") or None))
+
+
+@bp.get("/v2/service_instances/<instance_id>/service_bindings/<binding_id>")
+def get_binding(instance_id: str, binding_id: str) -> Response:
+    iid = p.decode_id(instance_id, "instance_id")
+    bid = p.decode_id(binding_id, "binding_id")
+    return jsonify(service().get_binding(iid, bid))

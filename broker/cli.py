@@ -1,0 +1,102 @@
+"""The ``drbroker`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from broker.config import Settings
+from broker.domain.catalog import load_catalog
+from broker.domain.errors import CatalogError
+
+
+@click.group()
+def main() -> None:
+    """powervs-dr-broker: an Open Service Broker for PowerVS disaster recovery."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="gunicorn worker processes")
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve the broker (gunicorn) with the operation worker."""
+    from broker.server import serve as run
+
+    settings = Settings.from_env()
+    try:
+        run(settings, host, port, workers)
+    except CatalogError as exc:
+        raise click.ClickException(f"catalog: {exc}") from None
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the Alembic migrations to DRBROKER_DATABASE_URL."""
+    from broker.store import db as store_db
+
+    settings = Settings.from_env()
+    engine = store_db.make_engine(settings.database_url)
+    store_db.upgrade(engine, revision)
+    click.echo(f"database at revision {store_db.current_revision(engine)}")
+
+
+@main.group()
+def catalog() -> None:
+    """The service catalog."""
+
+
+@catalog.command("validate")
+@click.argument("path", required=False)
+def catalog_validate(path: str | None) -> None:
+    """Load and validate a catalog file or folder (default: DRBROKER_CATALOG)."""
+    location = path or Settings.from_env().catalog_path
+    try:
+        cat = load_catalog(location)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    plans = sum(len(s.plans) for s in cat.services)
+    click.echo(f"{location}: valid ({len(cat.services)} service(s), {plans} plan(s))")
+
+
+@main.group()
+def sim() -> None:
+    """The simulated PowerVS cloud."""
+
+
+@sim.command("inventory")
+@click.option("--json", "as_json", is_flag=True, help="JSON output")
+def sim_inventory(as_json: bool) -> None:
+    """List every simulated resource and the instance that owns it."""
+    from broker.orchestrators.simulated.cloud import SimulatedCloud
+    from broker.store import db as store_db
+
+    settings = Settings.from_env()
+    engine = store_db.make_engine(settings.database_url)
+    if not store_db.has_schema(engine):
+        raise click.ClickException("no broker database here (set DRBROKER_DATABASE_URL)")
+    items = SimulatedCloud(engine).inventory()
+    if as_json:
+        json.dump([{"id": r.id, "kind": r.kind, "name": r.name, "instance_id": r.instance_id,
+                    "binding_id": r.binding_id, "state": r.state} for r in items], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    if not items:
+        click.echo("no simulated resources")
+        return
+    for r in items:
+        owner = r.instance_id + (f" / {r.binding_id}" if r.binding_id else "")
+        click.echo(f"{r.kind:24} {r.state:22} {r.id:48} {owner}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,73 @@
+"""Settings, from environment variables (see the configuration table in README.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = Path(".drbroker")
+
+
+def _catalog_default() -> str:
+    # The shipped catalog sits beside the package in a checkout; an installed wheel may override it.
+    here = Path(__file__).resolve().parent.parent / "catalog"
+    return str(here if here.is_dir() else Path("catalog"))
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = f"sqlite:///{DEFAULT_STATE_DIR / 'state.db'}"
+    orchestrator: str = "simulated"
+    sim_step_seconds: float = 1.0
+    sim_faults: str = ""
+    catalog_path: str = field(default_factory=_catalog_default)
+    log_level: str = "INFO"
+    auth: tuple[str, ...] = ("basic",)
+    username: str | None = None
+    password: str | None = None
+    public_url: str | None = None
+    lease_seconds: float = 15.0
+    poll_seconds: float = 0.5
+    sync_bind_timeout: float = 60.0
+    worker_threads: int = 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        settings = cls(
+            database_url=env.get("DRBROKER_DATABASE_URL") or cls.database_url,
+            orchestrator=env.get("DRBROKER_ORCHESTRATOR") or "simulated",
+            sim_step_seconds=_float(env, "DRBROKER_SIM_STEP_SECONDS", 1.0),
+            sim_faults=env.get("DRBROKER_SIM_FAULTS", ""),
+            catalog_path=env.get("DRBROKER_CATALOG") or _catalog_default(),
+            log_level=(env.get("DRBROKER_LOG_LEVEL") or "INFO").upper(),
+            auth=tuple(a.strip() for a in (env.get("DRBROKER_AUTH") or "basic").split(",") if a.strip()),
+            username=env.get("DRBROKER_USERNAME") or None,
+            password=env.get("DRBROKER_PASSWORD") or None,
+            public_url=env.get("DRBROKER_PUBLIC_URL") or None,
+            lease_seconds=_float(env, "DRBROKER_LEASE_SECONDS", 15.0),
+            poll_seconds=_float(env, "DRBROKER_POLL_SECONDS", 0.5),
+            sync_bind_timeout=_float(env, "DRBROKER_SYNC_BIND_TIMEOUT", 60.0),
+            worker_threads=int(_float(env, "DRBROKER_WORKER_THREADS", 2)),
+        )
+        return replace(settings, **overrides)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where generated files (credentials) live: beside the SQLite file, else ./.drbroker."""
+        if self.database_url.startswith("sqlite:///") and ":memory:" not in self.database_url:
+            return Path(self.database_url[len("sqlite:///"):]).parent
+        return DEFAULT_STATE_DIR

@@ -1,0 +1,106 @@
+"""The simulated PowerVS cloud: resources kept in the broker's own database, so they survive restarts.
+
+Every resource is owned by an instance (and maybe a binding) and has a deterministic name derived from
+its owner and kind, so an action that is repeated after a crash finds the resource it made before
+instead of making a second one (the unique index on kind+name makes a duplicate impossible).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from broker.store.tables import sim_resources
+
+
+@dataclass(frozen=True)
+class Resource:
+    id: str
+    kind: str
+    name: str
+    instance_id: str
+    binding_id: str | None
+    state: str
+    data: dict[str, Any]
+    created_at: float
+
+
+def resource_name(kind: str, instance_id: str, binding_id: str | None = None) -> str:
+    digest = hashlib.sha256(f"{instance_id}\0{binding_id or ''}".encode()).hexdigest()[:24]
+    return f"{kind}-{digest}"
+
+
+def _row(row: Any) -> Resource:
+    m = row._mapping
+    return Resource(id=m["id"], kind=m["kind"], name=m["name"], instance_id=m["instance_id"],
+                    binding_id=m["binding_id"], state=m["state"], data=json.loads(m["data"]),
+                    created_at=m["created_at"])
+
+
+class SimulatedCloud:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, kind: str, instance_id: str, binding_id: str | None = None) -> Resource | None:
+        name = resource_name(kind, instance_id, binding_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(sim_resources).where(and_(
+                sim_resources.c.kind == kind, sim_resources.c.name == name))).first()
+        return _row(row) if row else None
+
+    def ensure(self, kind: str, instance_id: str, binding_id: str | None, state: str,
+               data: Mapping[str, Any]) -> Resource:
+        """Create the resource unless it exists; return what is there."""
+        existing = self.get(kind, instance_id, binding_id)
+        if existing is not None:
+            return existing
+        now = time.time()
+        values = dict(id=f"{kind[:8]}-{uuid.uuid4()}", kind=kind,
+                      name=resource_name(kind, instance_id, binding_id), instance_id=instance_id,
+                      binding_id=binding_id, state=state, data=json.dumps(dict(data), sort_keys=True),
+                      created_at=now, updated_at=now)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(sim_resources).values(**values))
+        except IntegrityError:
+            pass  # a concurrent attempt created it first; ours is discarded
+        found = self.get(kind, instance_id, binding_id)
+        assert found is not None
+        return found
+
+    def set_state(self, kind: str, instance_id: str, binding_id: str | None, state: str,
+                  data: Mapping[str, Any] | None = None) -> bool:
+        existing = self.get(kind, instance_id, binding_id)
+        if existing is None:
+            return False
+        merged = {**existing.data, **(data or {})}
+        with self.engine.begin() as conn:
+            conn.execute(update(sim_resources).where(sim_resources.c.id == existing.id).values(
+                state=state, data=json.dumps(merged, sort_keys=True), updated_at=time.time()))
+        return True
+
+    def remove(self, kind: str, instance_id: str, binding_id: str | None = None) -> bool:
+        name = resource_name(kind, instance_id, binding_id)
+        with self.engine.begin() as conn:
+            return conn.execute(delete(sim_resources).where(and_(
+                sim_resources.c.kind == kind, sim_resources.c.name == name))).rowcount > 0
+
+    def remove_binding_resources(self, instance_id: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(delete(sim_resources).where(and_(
+                sim_resources.c.instance_id == instance_id, sim_resources.c.binding_id.is_not(None)))).rowcount
+
+    def inventory(self, instance_id: str | None = None) -> list[Resource]:
+        stmt = select(sim_resources).order_by(sim_resources.c.instance_id, sim_resources.c.created_at)
+        if instance_id is not None:
+            stmt = stmt.where(sim_resources.c.instance_id == instance_id)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(stmt)]

@@ -1,0 +1,520 @@
+"""OSB semantics: idempotency, conflicts, concurrency, validation, and what each request becomes.
+
+Every mutating method decides and writes inside one store transaction: it reads the instance (and
+binding) rows, applies the checklist's idempotency table, and writes the row and its operation row
+together. Nothing here knows about HTTP; results carry the OSB outcome (created / accepted / ok) and
+errors are ``broker.domain.errors`` classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from broker.domain.catalog import Catalog, Plan, Service
+from broker.domain.errors import (
+    AsyncRequired,
+    BackendError,
+    BadRequest,
+    ConcurrencyError,
+    Conflict,
+    Gone,
+    InstanceDisabled,
+    MaintenanceInfoConflict,
+    NotFound,
+    ServiceUnavailable,
+    Unprocessable,
+)
+from broker.domain.models import (
+    Binding,
+    BindingState,
+    Instance,
+    InstanceState,
+    Operation,
+    OperationState,
+    OperationType,
+)
+from broker.services.requests import (
+    BindRequest,
+    Caller,
+    DeprovisionRequest,
+    LastOperation,
+    ProvisionRequest,
+    Result,
+    UnbindRequest,
+    UpdateRequest,
+)
+from broker.services.validation import redact, validate_parameters
+from broker.store.repository import Store, Tx
+
+
+class Runner(Protocol):
+    """What the service needs of the worker: a nudge, and running one operation now."""
+
+    def wake(self) -> None: ...
+
+    def run_now(self, op_id: str, timeout: float) -> bool:
+        """Run (or wait for) the operation; True once it has finished."""
+        ...
+
+    def expected_remaining(self, op: Operation) -> float: ...
+
+
+def request_hash(**fields: Any) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_STATE_TEXT = {
+    OperationState.QUEUED: "in progress",
+    OperationState.IN_PROGRESS: "in progress",
+    OperationState.SUCCEEDED: "succeeded",
+    OperationState.FAILED: "failed",
+}
+
+
+class BrokerService:
+    def __init__(self, store: Store, catalog: Catalog, runner: Runner, *, public_url: str | None = None,
+                 sync_bind_timeout: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.runner = runner
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.sync_bind_timeout = sync_bind_timeout
+        self.clock = clock
+
+    # helpers --------------------------------------------------------------------------------------
+    def _service_plan(self, service_id: str, plan_id: str | None) -> tuple[Service, Plan | None]:
+        service = self.catalog.service(service_id)
+        if service is None:
+            raise BadRequest(f"service_id: {service_id!r} is not a service of this broker's catalog")
+        if plan_id is None:
+            return service, None
+        plan = self.catalog.plan(plan_id)
+        if plan is None or plan.service_id != service.id:
+            raise BadRequest(f"plan_id: {plan_id!r} is not a plan of service {service.name!r}")
+        return service, plan
+
+    def _plan(self, plan_id: str) -> Plan:
+        plan = self.catalog.plan(plan_id)
+        if plan is None:
+            raise Unprocessable(f"plan {plan_id!r} of this instance is no longer in the catalog")
+        return plan
+
+    def dashboard_url(self, instance_id: str, caller: Caller) -> str | None:
+        base = self.public_url or (caller.base_url or "").rstrip("/")
+        if not base:
+            return None
+        return f"{base}/dashboard/instances/{quote(instance_id, safe='')}"
+
+    def _new_operation(self, *, instance_id: str, binding_id: str | None, op_type: OperationType,
+                       plan_id: str, request_hash: str, caller: Caller, payload: dict[str, Any] | None = None,
+                       blocked_by: str | None = None) -> Operation:
+        return Operation(
+            id=str(uuid.uuid4()), instance_id=instance_id, binding_id=binding_id, type=op_type,
+            state=OperationState.QUEUED, plan_id=plan_id, request_hash=request_hash,
+            created_at=self.clock(), description=f"{op_type.value}: queued", payload=payload or {},
+            originating_identity=caller.originating_identity, request_identity=caller.request_identity,
+            principal=caller.principal, blocked_by=blocked_by,
+        )
+
+    @staticmethod
+    def _check_maintenance(plan: Plan, version: str | None) -> None:
+        if version is None:
+            return
+        if plan.maintenance_version != version:
+            current = plan.maintenance_version or "none"
+            raise MaintenanceInfoConflict(
+                f"maintenance_info.version {version!r} does not match the plan's version {current!r}; "
+                "fetch the catalog again")
+
+    # provision ------------------------------------------------------------------------------------
+    def provision(self, req: ProvisionRequest) -> Result:
+        _service, plan = self._service_plan(req.service_id, req.plan_id)
+        assert plan is not None
+        if not req.context.get("platform"):
+            missing = [f for f in ("organization_guid", "space_guid") if not getattr(req, f)]
+            if missing:
+                raise BadRequest(f"{' and '.join(missing)}: required when the request has no context.platform")
+        self._check_maintenance(plan, req.maintenance_version)
+        params = validate_parameters(req.parameters, plan.parameter_schema("provision"))
+        if not req.accepts_incomplete:
+            raise AsyncRequired("provisioning disaster recovery takes minutes; retry with accepts_incomplete=true")
+        digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
+                              organization_guid=req.organization_guid, space_guid=req.space_guid,
+                              maintenance_version=req.maintenance_version)
+        dashboard = self.dashboard_url(req.instance_id, req.caller)
+        now = self.clock()
+        with self.store.write() as tx:
+            existing = tx.get_instance(req.instance_id)
+            if existing is not None and existing.state != InstanceState.GONE:
+                return self._repeat_provision(tx, existing, digest)
+            instance = Instance(
+                id=req.instance_id, service_id=req.service_id, plan_id=req.plan_id,
+                state=InstanceState.PROVISIONING, parameters=params, context=dict(req.context),
+                organization_guid=req.organization_guid, space_guid=req.space_guid,
+                maintenance_version=req.maintenance_version or plan.maintenance_version,
+                dashboard_url=dashboard, request_hash=digest, enabled=True, last_active=None,
+                created_at=now, updated_at=now,
+            )
+            op = self._new_operation(instance_id=req.instance_id, binding_id=None,
+                                     op_type=OperationType.PROVISION, plan_id=req.plan_id,
+                                     request_hash=digest, caller=req.caller)
+            if existing is None:
+                tx.insert_instance(instance)
+            else:
+                # Id reuse after a finished deprovision: the tombstone becomes the new instance.
+                tx.purge_bindings(req.instance_id)
+                tx.replace_instance(instance)
+            tx.insert_operation(op)
+        self.runner.wake()
+        return Result("accepted", op.id, {"dashboard_url": dashboard, "operation": op.id})
+
+    def _repeat_provision(self, tx: Tx, existing: Instance, digest: str) -> Result:
+        if existing.request_hash != digest:
+            raise Conflict(f"instance {existing.id} already exists with different attributes")
+        active = tx.active_operations(existing.id)
+        running = next((o for o in active if o.type == OperationType.PROVISION), None)
+        if running is not None:
+            return Result("accepted", running.id, {"dashboard_url": existing.dashboard_url,
+                                                   "operation": running.id})
+        if active:
+            raise ConcurrencyError(f"instance {existing.id} has a {active[0].type.value} operation in progress")
+        if existing.state == InstanceState.READY:
+            return Result("ok", None, {"dashboard_url": existing.dashboard_url})
+        raise Conflict(f"instance {existing.id} exists in state {existing.state.value}; deprovision it before "
+                       "provisioning it again")
+
+    # update ---------------------------------------------------------------------------------------
+    def update(self, req: UpdateRequest) -> Result:
+        service, target_plan = self._service_plan(req.service_id, req.plan_id)
+        digest = request_hash(plan_id=req.plan_id, parameters=req.parameters,
+                              maintenance_version=req.maintenance_version)
+        with self.store.write() as tx:
+            inst = tx.get_instance(req.instance_id)
+            if inst is None or inst.state == InstanceState.GONE:
+                raise NotFound(f"instance {req.instance_id} does not exist")
+            if inst.service_id != req.service_id:
+                raise BadRequest(f"service_id: instance {inst.id} belongs to service {inst.service_id!r}")
+            active = tx.active_operations(inst.id)
+            same = next((o for o in active if o.type == OperationType.UPDATE and o.request_hash == digest), None)
+            if same is not None:
+                return Result("accepted", same.id, {"operation": same.id})
+            if active or inst.state in (InstanceState.PROVISIONING, InstanceState.DEPROVISIONING):
+                kind = active[0].type.value if active else inst.state.value
+                raise ConcurrencyError(f"instance {inst.id} has a {kind} operation in progress")
+            if inst.state == InstanceState.FAILED:
+                raise Unprocessable(f"instance {inst.id} failed to provision and cannot be updated; "
+                                    "deprovision it", instance_usable=False, update_repeatable=False)
+            current = self._plan(inst.plan_id)
+            target = target_plan or current
+            if target.id != current.id:
+                self._check_plan_change(service, current, target)
+            self._check_maintenance(target, req.maintenance_version)
+            new_params = dict(inst.parameters)
+            if req.parameters is not None:
+                changes = validate_parameters(req.parameters, target.parameter_schema("update"),
+                                              apply_defaults=False)
+                new_params.update(changes)
+            new_params = validate_parameters(new_params, target.parameter_schema("provision"))
+            maintenance = req.maintenance_version or inst.maintenance_version
+            if target.id == current.id and new_params == inst.parameters and maintenance == \
+                    inst.maintenance_version:
+                return Result("ok", None, {})
+            if not req.accepts_incomplete:
+                raise AsyncRequired("updating disaster recovery takes minutes; retry with accepts_incomplete=true")
+            op = self._new_operation(
+                instance_id=inst.id, binding_id=None, op_type=OperationType.UPDATE, plan_id=current.id,
+                request_hash=digest, caller=req.caller,
+                payload={"target_plan_id": target.id if target.id != current.id else None,
+                         "target_parameters": new_params,
+                         "target_maintenance_version": maintenance if maintenance != inst.maintenance_version
+                         else None})
+            tx.insert_operation(op)
+        self.runner.wake()
+        return Result("accepted", op.id, {"operation": op.id})
+
+    def _check_plan_change(self, service: Service, current: Plan, target: Plan) -> None:
+        if not service.plan_updateable(current):
+            raise Unprocessable(f"plan_id: plan {current.name!r} cannot be changed (plan_updateable is false)")
+        allowed = current.features.get("plan_changes") or []
+        if target.name not in allowed:
+            options = ", ".join(allowed) or "none"
+            raise Unprocessable(f"plan_id: changing plan {current.name!r} to {target.name!r} is not supported "
+                                f"(allowed: {options})")
+
+    # deprovision ----------------------------------------------------------------------------------
+    def deprovision(self, req: DeprovisionRequest) -> Result:
+        self._service_plan(req.service_id, req.plan_id)
+        with self.store.write() as tx:
+            inst = tx.get_instance(req.instance_id)
+            if inst is None or inst.state == InstanceState.GONE:
+                raise Gone(f"instance {req.instance_id} does not exist")
+            active = tx.active_operations(inst.id)
+            running = next((o for o in active if o.type == OperationType.DEPROVISION), None)
+            if running is not None:
+                return Result("accepted", running.id, {"operation": running.id})
+            if not req.accepts_incomplete:
+                raise AsyncRequired("deprovisioning disaster recovery takes minutes; retry with "
+                                    "accepts_incomplete=true")
+            blocker = next((o for o in active if o.type != OperationType.PROVISION), None)
+            if blocker is not None:
+                raise ConcurrencyError(f"instance {inst.id} has a {blocker.type.value} operation in progress")
+            provision = next((o for o in active if o.type == OperationType.PROVISION), None)
+            blocked_by = None
+            if provision is not None:
+                # The spec requires halting creation: a queued provision ends now, a running one at its
+                # next step boundary; the deprovision waits for it and then removes what it made.
+                if provision.state == OperationState.QUEUED:
+                    tx.update_operation(provision.id, expect={"state": OperationState.QUEUED},
+                                        state=OperationState.FAILED, finished_at=self.clock(),
+                                        description="halted: a deprovision request arrived", error="halted")
+                else:
+                    tx.update_operation(provision.id, cancel_requested=True)
+                    blocked_by = provision.id
+            op = self._new_operation(instance_id=inst.id, binding_id=None, op_type=OperationType.DEPROVISION,
+                                     plan_id=inst.plan_id, request_hash=request_hash(kind="deprovision"),
+                                     caller=req.caller, blocked_by=blocked_by)
+            tx.update_instance(inst.id, state=InstanceState.DEPROVISIONING.value, updated_at=self.clock())
+            tx.insert_operation(op)
+        self.runner.wake()
+        return Result("accepted", op.id, {"operation": op.id})
+
+    # last operation -------------------------------------------------------------------------------
+    def _report(self, op: Operation) -> LastOperation:
+        state = _STATE_TEXT[op.state]
+        if state == "in progress":
+            description = op.description or "in progress"
+            if op.state == OperationState.QUEUED and op.blocked_by:
+                description = "waiting for the halted provision to stop at a step boundary"
+            retry = math.ceil(self.runner.expected_remaining(op))
+            return LastOperation(state, description, retry_after=max(1, retry))
+        usable = repeatable = None
+        if op.state == OperationState.FAILED and op.type == OperationType.UPDATE:
+            usable, repeatable = True, True
+        elif op.state == OperationState.FAILED and op.type == OperationType.DEPROVISION:
+            usable = False
+        return LastOperation(state, op.description or state, instance_usable=usable,
+                             update_repeatable=repeatable)
+
+    def last_operation(self, instance_id: str, operation: str | None = None) -> LastOperation:
+        with self.store.read() as tx:
+            inst = tx.get_instance(instance_id)
+            if inst is None:
+                raise NotFound(f"instance {instance_id} does not exist")
+            op = tx.get_operation(operation) if operation else None
+            if op is None or op.instance_id != instance_id or op.type.is_binding:
+                op = tx.latest_instance_operation(instance_id)
+        if op is None:
+            raise NotFound(f"instance {instance_id} has no operation")
+        return self._report(op)
+
+    def last_binding_operation(self, instance_id: str, binding_id: str,
+                               operation: str | None = None) -> LastOperation:
+        with self.store.read() as tx:
+            binding = tx.get_binding(instance_id, binding_id)
+            if binding is None:
+                raise NotFound(f"binding {binding_id} of instance {instance_id} does not exist")
+            op = tx.get_operation(operation) if operation else None
+            if op is None or op.binding_id != binding_id or op.instance_id != instance_id:
+                op = tx.latest_binding_operation(instance_id, binding_id)
+        if op is None:
+            raise NotFound(f"binding {binding_id} has no operation")
+        report = self._report(op)
+        return LastOperation(report.state, report.description, retry_after=report.retry_after)
+
+    # fetch ----------------------------------------------------------------------------------------
+    def get_instance(self, instance_id: str) -> dict[str, Any]:
+        with self.store.read() as tx:
+            inst = tx.get_instance(instance_id)
+            if inst is None or inst.state in (InstanceState.GONE, InstanceState.PROVISIONING,
+                                              InstanceState.FAILED):
+                raise NotFound(f"instance {instance_id} does not exist or is still being provisioned")
+            active = tx.active_operations(instance_id)
+            bindings = tx.list_bindings(instance_id)
+        if any(o.type == OperationType.UPDATE for o in active):
+            raise ConcurrencyError(f"instance {instance_id} is being updated")
+        plan = self.catalog.plan(inst.plan_id)
+        params = redact(inst.parameters, plan.parameter_schema("provision") if plan else None)
+        body: dict[str, Any] = {
+            "service_id": inst.service_id,
+            "plan_id": inst.plan_id,
+            "dashboard_url": inst.dashboard_url,
+            "parameters": params,
+            "metadata": {"labels": {}, "attributes": {
+                "state": inst.state.value, "enabled": inst.enabled,
+                "bindings": sum(1 for b in bindings if b.state == BindingState.BOUND)}},
+        }
+        if inst.maintenance_version:
+            body["maintenance_info"] = {"version": inst.maintenance_version}
+        return body
+
+    def get_binding(self, instance_id: str, binding_id: str) -> dict[str, Any]:
+        with self.store.read() as tx:
+            binding = tx.get_binding(instance_id, binding_id)
+        if binding is None or binding.state not in (BindingState.BOUND, BindingState.UNBINDING):
+            raise NotFound(f"binding {binding_id} does not exist or is still being created")
+        plan = self.catalog.plan(binding.plan_id)
+        return {
+            "credentials": binding.credentials or {},
+            "parameters": redact(binding.parameters, plan.parameter_schema("bind") if plan else None),
+            "metadata": {},
+        }
+
+    # bind / unbind --------------------------------------------------------------------------------
+    def bind(self, req: BindRequest) -> Result:
+        service, plan = self._service_plan(req.service_id, req.plan_id)
+        assert plan is not None
+        if not service.bindable(plan):
+            raise BadRequest(f"plan_id: plan {plan.name!r} is not bindable")
+        params = validate_parameters(req.parameters, plan.parameter_schema("bind"))
+        digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
+                              bind_resource=req.bind_resource, app_guid=req.app_guid)
+        now = self.clock()
+        with self.store.write() as tx:
+            inst = tx.get_instance(req.instance_id)
+            if inst is None or inst.state == InstanceState.GONE:
+                raise NotFound(f"instance {req.instance_id} does not exist")
+            existing = tx.get_binding(inst.id, req.binding_id)
+            created = True
+            if existing is not None and existing.state != BindingState.GONE:
+                outcome = self._repeat_bind(tx, existing, digest, req.accepts_incomplete)
+                if isinstance(outcome, Result):
+                    return outcome
+                op_id, created = outcome, False
+            else:
+                self._check_bindable_instance(tx, inst, req.plan_id)
+                binding = Binding(
+                    instance_id=inst.id, id=req.binding_id, service_id=req.service_id, plan_id=req.plan_id,
+                    state=BindingState.BINDING, parameters=params, bind_resource=dict(req.bind_resource),
+                    context=dict(req.context), credentials=None, request_hash=digest, created_at=now,
+                    updated_at=now)
+                op = self._new_operation(instance_id=inst.id, binding_id=req.binding_id,
+                                         op_type=OperationType.BIND, plan_id=req.plan_id, request_hash=digest,
+                                         caller=req.caller)
+                if existing is None:
+                    tx.insert_binding(binding)
+                else:
+                    tx.replace_binding(binding)
+                tx.insert_operation(op)
+                op_id = op.id
+        if req.accepts_incomplete:
+            self.runner.wake()
+            return Result("accepted", op_id, {"operation": op_id})
+        return self._finish_sync_bind(req.instance_id, req.binding_id, op_id, created=created)
+
+    def _check_bindable_instance(self, tx: Tx, inst: Instance, plan_id: str) -> None:
+        if inst.state in (InstanceState.PROVISIONING, InstanceState.DEPROVISIONING):
+            raise ConcurrencyError(f"instance {inst.id} is {inst.state.value}; bind when it is ready")
+        if inst.state == InstanceState.FAILED:
+            raise Unprocessable(f"instance {inst.id} failed to provision; it cannot be bound")
+        if not inst.enabled:
+            raise InstanceDisabled(f"instance {inst.id} is disabled by the platform; bindings are refused "
+                                   "until it is enabled again (replication keeps running)")
+        if plan_id != inst.plan_id:
+            raise BadRequest(f"plan_id: {plan_id!r} is not the plan of instance {inst.id}")
+        active = [o for o in tx.active_operations(inst.id) if not o.type.is_binding]
+        if active:
+            raise ConcurrencyError(f"instance {inst.id} has a {active[0].type.value} operation in progress")
+
+    def _repeat_bind(self, tx: Tx, existing: Binding, digest: str, accepts_incomplete: bool) -> Result | str:
+        if existing.request_hash != digest:
+            raise Conflict(f"binding {existing.id} already exists with different attributes")
+        active = [o for o in tx.active_operations(existing.instance_id) if o.binding_id == existing.id]
+        running = next((o for o in active if o.type == OperationType.BIND), None)
+        if running is not None:
+            if accepts_incomplete:
+                return Result("accepted", running.id, {"operation": running.id})
+            return running.id
+        if active:
+            raise ConcurrencyError(f"binding {existing.id} is being deleted")
+        if existing.state == BindingState.BOUND:
+            return Result("ok", None, {"credentials": existing.credentials or {}})
+        raise Conflict(f"binding {existing.id} exists in state {existing.state.value}; unbind it first")
+
+    def _wait(self, op_id: str) -> Operation:
+        if not self.runner.run_now(op_id, self.sync_bind_timeout):
+            raise ServiceUnavailable(f"operation {op_id} did not finish within {self.sync_bind_timeout:g}s; "
+                                     "it continues in the background")
+        with self.store.read() as tx:
+            op = tx.get_operation(op_id)
+        assert op is not None
+        return op
+
+    def _finish_sync_bind(self, instance_id: str, binding_id: str, op_id: str, *, created: bool) -> Result:
+        op = self._wait(op_id)
+        if op.state != OperationState.SUCCEEDED:
+            raise BackendError(op.description or "binding failed")
+        with self.store.read() as tx:
+            binding = tx.get_binding(instance_id, binding_id)
+        assert binding is not None
+        return Result("created" if created else "ok", None, {"credentials": binding.credentials or {}})
+
+    def unbind(self, req: UnbindRequest) -> Result:
+        self._service_plan(req.service_id, req.plan_id)
+        with self.store.write() as tx:
+            binding = tx.get_binding(req.instance_id, req.binding_id)
+            if binding is None or binding.state == BindingState.GONE:
+                raise Gone(f"binding {req.binding_id} does not exist")
+            active = tx.active_operations(req.instance_id)
+            mine = [o for o in active if o.binding_id == req.binding_id]
+            running = next((o for o in mine if o.type == OperationType.UNBIND), None)
+            if running is not None:
+                op_id = running.id
+            else:
+                others = [o for o in active if not o.type.is_binding]
+                if others:
+                    raise ConcurrencyError(f"instance {req.instance_id} has a {others[0].type.value} "
+                                           "operation in progress")
+                bind_op = next((o for o in mine if o.type == OperationType.BIND), None)
+                blocked_by = None
+                if bind_op is not None:
+                    if bind_op.state == OperationState.QUEUED:
+                        tx.update_operation(bind_op.id, expect={"state": OperationState.QUEUED},
+                                            state=OperationState.FAILED, finished_at=self.clock(),
+                                            description="halted: an unbind request arrived", error="halted")
+                    else:
+                        tx.update_operation(bind_op.id, cancel_requested=True)
+                        blocked_by = bind_op.id
+                op = self._new_operation(instance_id=req.instance_id, binding_id=req.binding_id,
+                                         op_type=OperationType.UNBIND, plan_id=binding.plan_id,
+                                         request_hash=request_hash(kind="unbind"), caller=req.caller,
+                                         blocked_by=blocked_by)
+                tx.update_binding(req.instance_id, req.binding_id, state=BindingState.UNBINDING.value,
+                                  updated_at=self.clock())
+                tx.insert_operation(op)
+                op_id = op.id
+        if req.accepts_incomplete:
+            self.runner.wake()
+            return Result("accepted", op_id, {"operation": op_id})
+        op = self._wait(op_id)
+        if op.state != OperationState.SUCCEEDED:
+            raise BackendError(op.description or "unbinding failed")
+        return Result("ok", None, {})
+
+    # IBM Cloud /bluemix_v1 ------------------------------------------------------------------------
+    def instance_state(self, instance_id: str) -> dict[str, Any]:
+        with self.store.read() as tx:
+            inst = tx.get_instance(instance_id)
+        if inst is None or inst.state == InstanceState.GONE:
+            raise NotFound(f"instance {instance_id} does not exist")
+        return {"enabled": inst.enabled,
+                "active": inst.enabled and inst.state == InstanceState.READY,
+                "last_active": int((inst.last_active or inst.created_at) * 1000)}
+
+    def set_instance_state(self, instance_id: str, enabled: bool, caller: Caller,
+                           details: Mapping[str, Any] | None = None) -> None:
+        now = self.clock()
+        with self.store.write() as tx:
+            inst = tx.get_instance(instance_id)
+            if inst is None or inst.state == InstanceState.GONE:
+                raise NotFound(f"instance {instance_id} does not exist")
+            fields: dict[str, Any] = {"enabled": enabled, "updated_at": now}
+            if inst.enabled and not enabled:
+                fields["last_active"] = now
+            tx.update_instance(instance_id, **fields)

@@ -1,0 +1,120 @@
+"""Parameter validation against a plan's JSON schemas, with schema defaults applied.
+
+Error descriptions name the field (``parameters.rpo_target_minutes: 0 is less than the minimum of 1``)
+and never repeat a value the schema marks ``writeOnly`` (a secret).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from jsonschema import Draft7Validator, validators
+from jsonschema.exceptions import ValidationError
+
+from broker.domain.errors import InvalidParameters
+
+
+def _with_defaults(cls: Any) -> Any:
+    base = cls.VALIDATORS["properties"]
+
+    def properties(validator: Any, props: Mapping[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base(validator, props, instance, schema)
+
+    return validators.extend(cls, {"properties": properties})
+
+
+_CACHE: dict[int, tuple[Any, Any]] = {}
+
+
+def _validators(schema: Mapping[str, Any]) -> tuple[Any, Any]:
+    key = id(schema)
+    if key not in _CACHE:
+        cls = validators.validator_for(schema, default=Draft7Validator)
+        _CACHE[key] = (cls(schema), _with_defaults(cls)(schema))
+    return _CACHE[key]
+
+
+def _path(err: ValidationError, root: str) -> str:
+    out = root
+    for part in err.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _is_sensitive(err: ValidationError) -> bool:
+    return isinstance(err.schema, dict) and bool(err.schema.get("writeOnly"))
+
+
+# Validators whose message names properties or counts, never values.
+_SAFE_FOR_CONTAINERS = {"required", "additionalProperties", "minProperties", "maxProperties", "minItems",
+                        "maxItems", "dependencies", "dependentRequired", "propertyNames"}
+
+
+def _message(err: ValidationError) -> str:
+    # Messages of oneOf/anyOf/type/enum on an object repeat the whole object, secrets included.
+    if isinstance(err.instance, dict | list) and err.validator not in _SAFE_FOR_CONTAINERS:
+        if err.validator in ("oneOf", "anyOf"):
+            return "must match exactly one of the allowed forms" if err.validator == "oneOf" \
+                else "must match at least one of the allowed forms"
+        if err.validator == "type":
+            return f"must be of type {err.validator_value!r}"
+        return f"does not satisfy {err.validator!r}"
+    return err.message
+
+
+def sensitive_paths(schema: Mapping[str, Any] | None) -> set[tuple[str, ...]]:
+    """Property paths the schema marks writeOnly (secrets)."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        if node.get("writeOnly"):
+            found.add(path)
+        for name, sub in (node.get("properties") or {}).items():
+            walk(sub, (*path, name))
+
+    walk(schema or {}, ())
+    return found
+
+
+def redact(parameters: Mapping[str, Any], schema: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``parameters`` without the values the schema marks writeOnly."""
+    out = copy.deepcopy(dict(parameters))
+    for path in sensitive_paths(schema):
+        node: Any = out
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
+
+
+def validate_parameters(parameters: Mapping[str, Any], schema: Mapping[str, Any] | None,
+                        *, apply_defaults: bool = True) -> dict[str, Any]:
+    """Validate and return a copy with defaults filled in; raise InvalidParameters naming each field."""
+    data = copy.deepcopy(dict(parameters))
+    if not schema:
+        return data
+    plain, defaulting = _validators(schema)
+    errors = sorted(plain.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        parts = []
+        for err in errors[:5]:
+            where = _path(err, "parameters")
+            if _is_sensitive(err):
+                parts.append(f"{where}: invalid value (not shown: the field is sensitive)")
+            else:
+                parts.append(f"{where}: {_message(err)}")
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise InvalidParameters("; ".join(parts) + more)
+    if apply_defaults:
+        for _ in defaulting.iter_errors(data):
+            pass
+    return data

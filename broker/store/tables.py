@@ -1,0 +1,125 @@
+"""SQL tables of the broker (SQLAlchemy Core). The Alembic migrations must produce exactly this schema;
+``tests/store/test_migrations.py`` compares them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+ID = 255  # OSB ids are opaque; IBM's URL-encoded CRNs run to ~150 characters.
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("service_id", String(ID), nullable=False),
+    Column("plan_id", String(ID), nullable=False),
+    # provisioning | ready | failed | deprovisioning | gone
+    Column("state", String(32), nullable=False),
+    Column("parameters", Text, nullable=False, default="{}"),
+    Column("context", Text, nullable=False, default="{}"),
+    Column("organization_guid", String(ID)),
+    Column("space_guid", String(ID)),
+    Column("maintenance_version", String(64)),
+    Column("dashboard_url", Text),
+    Column("request_hash", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("last_active", Float),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+bindings = Table(
+    "bindings",
+    metadata,
+    Column("instance_id", String(ID), primary_key=True),
+    Column("id", String(ID), primary_key=True),
+    Column("service_id", String(ID), nullable=False),
+    Column("plan_id", String(ID), nullable=False),
+    # binding | bound | failed | unbinding | gone
+    Column("state", String(32), nullable=False),
+    Column("parameters", Text, nullable=False, default="{}"),
+    Column("bind_resource", Text, nullable=False, default="{}"),
+    Column("context", Text, nullable=False, default="{}"),
+    Column("credentials", Text),
+    Column("request_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("instance_id", String(ID), nullable=False),
+    Column("binding_id", String(ID)),
+    # provision | update | deprovision | bind | unbind
+    Column("type", String(32), nullable=False),
+    # queued | in_progress | succeeded | failed
+    Column("state", String(32), nullable=False),
+    Column("description", Text),
+    Column("plan_id", String(ID), nullable=False),
+    Column("step_index", Integer, nullable=False, default=0),
+    Column("step_total", Integer, nullable=False, default=0),
+    Column("step_started_at", Float),
+    Column("request_hash", String(64), nullable=False),
+    Column("payload", Text, nullable=False, default="{}"),
+    Column("originating_identity", Text),
+    Column("request_identity", String(ID)),
+    Column("principal", String(ID)),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("blocked_by", String(64)),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Column("heartbeat_at", Float),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("error", Text),
+    Index("ix_operations_instance", "instance_id", "created_at"),
+    Index("ix_operations_state", "state", "lease_until"),
+)
+
+operation_steps = Table(
+    "operation_steps",
+    metadata,
+    Column("operation_id", String(64), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("name", String(128), nullable=False),
+    # running | done | failed | compensated
+    Column("state", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("outputs", Text, nullable=False, default="{}"),
+    Column("error", Text),
+)
+
+sim_resources = Table(
+    "sim_resources",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    # Deterministic per instance/binding/step, so a retried step finds what it made before.
+    Column("name", String(512), nullable=False),
+    Column("instance_id", String(ID), nullable=False),
+    Column("binding_id", String(ID)),
+    Column("state", String(64), nullable=False),
+    Column("data", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ux_sim_resources_kind_name", "kind", "name", unique=True),
+    Index("ix_sim_resources_instance", "instance_id"),
+)

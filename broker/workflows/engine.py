@@ -1,0 +1,282 @@
+"""Runs one claimed operation step by step, recording each finished step before starting the next.
+
+The caller holds the operation's lease. Every write the engine makes is guarded by
+``lease_owner = me AND state = in_progress``; if the guard fails, another worker has taken the operation
+over (our lease expired) and this run stops without touching anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from broker.domain.catalog import Catalog, Plan
+from broker.domain.errors import BackendError, PermanentBackendError, TransientBackendError
+from broker.domain.models import (
+    Binding,
+    BindingState,
+    Instance,
+    InstanceState,
+    Operation,
+    OperationState,
+    OperationType,
+    StepRecord,
+)
+from broker.domain.protocols import Orchestrator, StepContext
+from broker.store.repository import Store
+from broker.workflows.definitions import Step, steps_for
+from broker.workflows.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+_DONE_VERB = {
+    OperationType.PROVISION: "provisioned",
+    OperationType.UPDATE: "updated",
+    OperationType.DEPROVISION: "deprovisioned",
+    OperationType.BIND: "bound",
+    OperationType.UNBIND: "unbound",
+}
+
+
+class LeaseLost(Exception):
+    """Another worker owns the operation now."""
+
+
+class Engine:
+    def __init__(self, store: Store, catalog: Catalog, orchestrator: Orchestrator, *,
+                 retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.orchestrator = orchestrator
+        self.retry = retry or RetryPolicy()
+        self.clock = clock
+
+    # public ---------------------------------------------------------------------------------------
+    def plan_for(self, op: Operation) -> Plan:
+        plan_id = op.payload.get("target_plan_id") or op.plan_id
+        plan = self.catalog.plan(plan_id)
+        if plan is None:
+            raise PermanentBackendError(f"plan {plan_id} is no longer in the catalog")
+        return plan
+
+    def steps(self, op: Operation) -> tuple[Step, ...]:
+        return steps_for(op.type, self.plan_for(op))
+
+    def expected_remaining(self, op: Operation) -> float:
+        """Seconds until the running step should finish (for Retry-After)."""
+        try:
+            steps = self.steps(op)
+        except PermanentBackendError:
+            return 1.0
+        if op.state != OperationState.IN_PROGRESS or op.step_index >= len(steps):
+            return 1.0
+        expected = self.orchestrator.expected_seconds(steps[op.step_index].action)
+        elapsed = self.clock() - (op.step_started_at or self.clock())
+        return max(1.0, expected - elapsed)
+
+    def run(self, op_id: str, owner: str, should_stop: Callable[[], bool] = lambda: False) -> None:
+        try:
+            self._run(op_id, owner, should_stop)
+        except LeaseLost:
+            log.warning("operation %s: lease lost to another worker; stopping here", op_id)
+
+    # internals ------------------------------------------------------------------------------------
+    def _guard(self, owner: str) -> dict[str, Any]:
+        return {"lease_owner": owner, "state": OperationState.IN_PROGRESS}
+
+    def _load(self, op_id: str) -> tuple[Operation, Instance | None, Binding | None]:
+        with self.store.read() as tx:
+            op = tx.get_operation(op_id)
+            assert op is not None
+            inst = tx.get_instance(op.instance_id)
+            binding = tx.get_binding(op.instance_id, op.binding_id) if op.binding_id else None
+        return op, inst, binding
+
+    def _context(self, op: Operation, inst: Instance | None, binding: Binding | None,
+                 outputs: Mapping[str, Any]) -> StepContext:
+        params = dict(inst.parameters if inst else {})
+        if op.type == OperationType.UPDATE:
+            params = dict(op.payload.get("target_parameters", params))
+        return StepContext(
+            operation_id=op.id, operation_type=op.type.value, instance_id=op.instance_id,
+            plan=self.plan_for(op), parameters=params, context=dict(inst.context if inst else {}),
+            binding_id=op.binding_id,
+            binding_parameters=dict(binding.parameters if binding else {}),
+            bind_resource=dict(binding.bind_resource if binding else {}),
+            outputs=dict(outputs),
+        )
+
+    def _run(self, op_id: str, owner: str, should_stop: Callable[[], bool]) -> None:
+        op, inst, binding = self._load(op_id)
+        if op.state != OperationState.IN_PROGRESS or op.lease_owner != owner:
+            raise LeaseLost(op_id)
+        steps = self.steps(op)
+        with self.store.read() as tx:
+            records = {r.idx: r for r in tx.steps(op.id)}
+        outputs: dict[str, Any] = {}
+        for idx in range(min(op.step_index, len(steps))):
+            if idx in records:
+                outputs.update(records[idx].outputs)
+
+        if op.payload.get("failure"):
+            # A crash interrupted compensation: finish it (compensations are idempotent).
+            self._fail(op, inst, binding, steps, outputs, owner, op.payload["failure"],
+                       failed_idx=op.payload.get("failed_idx", op.step_index))
+            return
+
+        for idx in range(op.step_index, len(steps)):
+            if should_stop():
+                self._release(op.id, owner)
+                return
+            op, inst, binding = self._load(op.id)
+            if op.lease_owner != owner or op.state != OperationState.IN_PROGRESS:
+                raise LeaseLost(op.id)
+            if op.cancel_requested:
+                self._halt(op, owner)
+                return
+            step = steps[idx]
+            self._start_step(op, idx, step, len(steps), owner, records.get(idx))
+            ctx = self._context(op, inst, binding, outputs)
+            try:
+                result = self.retry.call(
+                    lambda step=step, ctx=ctx: self.orchestrator.perform(step.action, ctx),
+                    on_retry=lambda n, exc, idx=idx, step=step, op_id=op.id: self._note_retry(
+                        op_id, idx, step, n, exc, owner),
+                )
+            except BackendError as exc:
+                self._fail(op, inst, binding, steps, outputs, owner,
+                           f"step {idx + 1}/{len(steps)} ({step.title}) failed: {exc.description}",
+                           failed_idx=idx)
+                return
+            outputs.update(result)
+            self._finish_step(op.id, idx, step, owner, dict(result))
+        self._succeed(op.id, owner, outputs)
+
+    def _start_step(self, op: Operation, idx: int, step: Step, total: int, owner: str,
+                    previous: StepRecord | None) -> None:
+        now = self.clock()
+        with self.store.write() as tx:
+            if not tx.update_operation(op.id, expect=self._guard(owner), step_started_at=now,
+                                       step_total=total, description=f"step {idx + 1}/{total}: {step.title}"):
+                raise LeaseLost(op.id)
+            tx.upsert_step(StepRecord(
+                operation_id=op.id, idx=idx, name=step.action, state="running",
+                attempts=(previous.attempts if previous else 0) + 1, started_at=now, finished_at=None,
+                outputs={}, error=None))
+
+    def _note_retry(self, op_id: str, idx: int, step: Step, attempt: int, exc: BaseException,
+                    owner: str) -> None:
+        log.info("operation %s step %s: transient error (attempt %d), retrying: %s", op_id, step.action,
+                 attempt, exc)
+        with self.store.write() as tx:
+            records = {r.idx: r for r in tx.steps(op_id)}
+            rec = records.get(idx)
+            if rec is not None:
+                tx.upsert_step(StepRecord(**{**rec.__dict__, "attempts": rec.attempts + 1,
+                                             "error": str(exc)[:2000]}))
+
+    def _finish_step(self, op_id: str, idx: int, step: Step, owner: str, result: dict[str, Any]) -> None:
+        now = self.clock()
+        with self.store.write() as tx:
+            if not tx.update_operation(op_id, expect=self._guard(owner), step_index=idx + 1):
+                raise LeaseLost(op_id)
+            rec = {r.idx: r for r in tx.steps(op_id)}.get(idx)
+            tx.upsert_step(StepRecord(
+                operation_id=op_id, idx=idx, name=step.action, state="done",
+                attempts=rec.attempts if rec else 1, started_at=rec.started_at if rec else now,
+                finished_at=now, outputs=result, error=None))
+
+    def _release(self, op_id: str, owner: str) -> None:
+        """Stop at a step boundary and let any worker (this one after a restart, or another) resume."""
+        with self.store.write() as tx:
+            tx.update_operation(op_id, expect=self._guard(owner), lease_owner=None, lease_until=0.0)
+
+    def _halt(self, op: Operation, owner: str) -> None:
+        what = "deprovision" if op.type == OperationType.PROVISION else "unbind"
+        now = self.clock()
+        with self.store.write() as tx:
+            if not tx.update_operation(op.id, expect=self._guard(owner), state=OperationState.FAILED,
+                                       description=f"halted: a {what} request arrived; it removes what was "
+                                                   "created", finished_at=now, lease_owner=None,
+                                       lease_until=None, error="halted"):
+                raise LeaseLost(op.id)
+
+    def _succeed(self, op_id: str, owner: str, outputs: dict[str, Any]) -> None:
+        now = self.clock()
+        with self.store.write() as tx:
+            op = tx.get_operation(op_id)
+            assert op is not None
+            if not tx.update_operation(op_id, expect=self._guard(owner), state=OperationState.SUCCEEDED,
+                                       description=f"succeeded: {_DONE_VERB[op.type]}",
+                                       finished_at=now, lease_owner=None, lease_until=None,
+                                       step_index=op.step_total):
+                raise LeaseLost(op_id)
+            if op.type == OperationType.PROVISION:
+                tx.update_instance(op.instance_id, state=InstanceState.READY.value, updated_at=now,
+                                   last_active=now)
+            elif op.type == OperationType.UPDATE:
+                fields: dict[str, Any] = {"state": InstanceState.READY.value, "updated_at": now,
+                                          "parameters": op.payload["target_parameters"]}
+                if op.payload.get("target_plan_id"):
+                    fields["plan_id"] = op.payload["target_plan_id"]
+                if op.payload.get("target_maintenance_version"):
+                    fields["maintenance_version"] = op.payload["target_maintenance_version"]
+                tx.update_instance(op.instance_id, **fields)
+            elif op.type == OperationType.DEPROVISION:
+                tx.update_instance(op.instance_id, state=InstanceState.GONE.value, updated_at=now)
+                for b in tx.list_bindings(op.instance_id):
+                    tx.update_binding(op.instance_id, b.id, state=BindingState.GONE.value, credentials=None,
+                                      updated_at=now)
+            elif op.type == OperationType.BIND:
+                assert op.binding_id is not None
+                tx.update_binding(op.instance_id, op.binding_id, state=BindingState.BOUND.value,
+                                  credentials=outputs.get("credentials") or {}, updated_at=now)
+            elif op.type == OperationType.UNBIND:
+                assert op.binding_id is not None
+                tx.update_binding(op.instance_id, op.binding_id, state=BindingState.GONE.value,
+                                  credentials=None, updated_at=now)
+        log.info("operation %s (%s %s) succeeded", op_id, op.type.value, op.instance_id)
+
+    def _fail(self, op: Operation, inst: Instance | None, binding: Binding | None, steps: tuple[Step, ...],
+              outputs: dict[str, Any], owner: str, reason: str, *, failed_idx: int) -> None:
+        cleaned: list[str] = []
+        left: list[str] = []
+        if op.type in (OperationType.PROVISION, OperationType.BIND):
+            # Mark the failure first, so a crash during compensation resumes it rather than the steps.
+            with self.store.write() as tx:
+                payload = {**op.payload, "failure": reason, "failed_idx": failed_idx}
+                if not tx.update_operation(op.id, expect=self._guard(owner), payload=payload,
+                                           description=f"failed, cleaning up: {reason}"):
+                    raise LeaseLost(op.id)
+            ctx = self._context(op, inst, binding, outputs)
+            for step in reversed(steps[: failed_idx + 1]):
+                if not step.compensation:
+                    continue
+                try:
+                    self.retry.call(lambda step=step: self.orchestrator.perform(step.compensation, ctx))
+                    cleaned.append(step.compensation)
+                except (PermanentBackendError, TransientBackendError) as exc:
+                    left.append(f"{step.compensation} ({exc.description})")
+        description = f"failed: {reason}"
+        if cleaned:
+            description += f"; cleaned up: {', '.join(cleaned)}"
+        if left:
+            description += f"; could not clean up: {'; '.join(left)}"
+        now = self.clock()
+        with self.store.write() as tx:
+            if not tx.update_operation(op.id, expect=self._guard(owner), state=OperationState.FAILED,
+                                       description=description[:10000], error=reason[:10000],
+                                       finished_at=now, lease_owner=None, lease_until=None):
+                raise LeaseLost(op.id)
+            if op.type == OperationType.PROVISION:
+                tx.update_instance(op.instance_id, state=InstanceState.FAILED.value, updated_at=now)
+            elif op.type == OperationType.UPDATE:
+                tx.update_instance(op.instance_id, state=InstanceState.READY.value, updated_at=now)
+            elif op.type == OperationType.DEPROVISION:
+                tx.update_instance(op.instance_id, state=InstanceState.FAILED.value, updated_at=now)
+            elif op.binding_id is not None:
+                tx.update_binding(op.instance_id, op.binding_id, state=BindingState.FAILED.value,
+                                  updated_at=now)
+        log.warning("operation %s (%s %s) %s", op.id, op.type.value, op.instance_id, description)
