@@ -57,6 +57,8 @@ class BrokerServer(BaseApplication):
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
             "accesslog": None,
+            # gunicorn >= 24 opens a control socket at a fixed per-user path; two brokers would collide.
+            "control_socket_disable": True,
             "loglevel": settings.log_level.lower(),
         }
         if certfile and keyfile:

@@ -22,7 +22,7 @@ class RetryPolicy:
     maximum: float = 10.0
 
     def wait(self, state: RetryCallState) -> float:
-        base = wait_exponential_jitter(initial=self.initial, max=self.maximum)(state)
+        base = wait_exponential_jitter(multiplier=self.initial, jitter=self.initial, max=self.maximum)(state)
         exc = state.outcome.exception() if state.outcome else None
         hint = getattr(exc, "retry_after", None) or 0.0
         return max(base, min(hint, self.maximum))

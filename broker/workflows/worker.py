@@ -62,22 +62,24 @@ class Worker:
         self.owner = new_owner_id()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._hb_stop = threading.Event()
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._heartbeat: threading.Thread | None = None
 
     # lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._threads:
             return
         self._stop.clear()
+        self._hb_stop.clear()
         for i in range(self.thread_count):
             t = threading.Thread(target=self._loop, name=f"drbroker-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        hb = threading.Thread(target=self._heartbeat_loop, name="drbroker-heartbeat", daemon=True)
-        hb.start()
-        self._threads.append(hb)
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="drbroker-heartbeat", daemon=True)
+        self._heartbeat.start()
         log.info("operation worker %s started with %d thread(s)", self.owner, self.thread_count)
 
     def stop(self, timeout: float | None = None) -> None:
@@ -88,6 +90,10 @@ class Worker:
         for t in self._threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
+        # Leases stay renewed until the last step has finished and been released.
+        self._hb_stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     @property
     def stopping(self) -> bool:
@@ -191,7 +197,7 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         interval = max(0.05, self.lease_seconds / 3)
-        while not self._stop.wait(interval):
+        while not self._hb_stop.wait(interval):
             self.heartbeat()
 
     def heartbeat(self) -> None:
