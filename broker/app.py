@@ -77,8 +77,9 @@ def build_runtime(settings: Settings) -> Runtime:
     wf_engine = Engine(store, catalog, orchestrator)
     worker = Worker(store, wf_engine, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                     threads=settings.worker_threads)
-    service = BrokerService(store, catalog, worker, public_url=settings.public_url,
-                            sync_bind_timeout=settings.sync_bind_timeout)
+    service = BrokerService(store, catalog, worker, orchestrator, public_url=settings.public_url,
+                            sync_bind_timeout=settings.sync_bind_timeout,
+                            account_instance_limit=settings.account_instance_limit)
     runtime = Runtime(settings=settings, store=store, catalog=catalog, orchestrator=orchestrator,
                       engine=wf_engine, worker=worker, service=service)
     if "basic" in settings.auth:
@@ -117,6 +118,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         length = request.content_length
         if length is not None and length > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"body: larger than {MAX_BODY_BYTES} bytes")
+        if length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            # Werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH without an error, so an
+            # oversized body would be parsed truncated. Read it now (get_data caches it for the views)
+            # and refuse it if anything is left beyond the limit.
+            data = request.get_data()
+            if len(data) >= MAX_BODY_BYTES and request.environ["wsgi.input"].read(1):
+                raise PayloadTooLarge(f"body: larger than {MAX_BODY_BYTES} bytes")
 
     @app.after_request
     def _echo(response: Response) -> Response:

@@ -43,6 +43,7 @@ class Settings:
     poll_seconds: float = 0.5
     sync_bind_timeout: float = 60.0
     worker_threads: int = 2
+    account_instance_limit: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -62,6 +63,7 @@ class Settings:
             poll_seconds=_float(env, "DRBROKER_POLL_SECONDS", 0.5),
             sync_bind_timeout=_float(env, "DRBROKER_SYNC_BIND_TIMEOUT", 60.0),
             worker_threads=int(_float(env, "DRBROKER_WORKER_THREADS", 2)),
+            account_instance_limit=int(_float(env, "DRBROKER_ACCOUNT_INSTANCE_LIMIT", 20)),
         )
         return replace(settings, **overrides)
 

@@ -25,7 +25,14 @@ ACCOUNT = "0123456789abcdef0123456789abcdef"
 PRIMARY = f"crn:v1:bluemix:public:power-iaas:dal10:a/{ACCOUNT}:7f3c9a7e-0b4e-4c8e-9d1a-3e5f6a7b8c9d::"
 SECONDARY = f"crn:v1:bluemix:public:power-iaas:wdc07:a/{ACCOUNT}:2b8d4e6f-1a3c-4d5e-8f90-a1b2c3d4e5f6::"
 GRS_PARAMS = {"primary_workspace_crn": PRIMARY, "secondary_workspace_crn": SECONDARY,
-              "protected_volumes": ["vol-1", "vol-2"], "rpo_target_minutes": 15}
+              "protected_volumes": ["vol-app-data-1", "vol-app-log-1"], "rpo_target_minutes": 15}
+
+
+def grs_params(n: int, volumes: int = 2) -> dict[str, Any]:
+    """Parameters protecting the n-th set of the demo account's bulk volumes: a volume belongs to at most
+    one replication group, so instances alive at the same time need their own volumes."""
+    vols = [f"vol-bulk-{n * volumes + k + 1:03d}" for k in range(volumes)]
+    return {**GRS_PARAMS, "protected_volumes": vols}
 KSYS_PARAMS = {**GRS_PARAMS, "orchestrator": {"name": "ksys-prod", "password": "orchestrator-pass-42"}}
 
 

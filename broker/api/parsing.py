@@ -23,7 +23,10 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)$")
 
 
 def decode_id(raw: str, field: str) -> str:
-    value = unquote(raw, errors="strict") if "%" in raw else raw
+    try:
+        value = unquote(raw, errors="strict") if "%" in raw else raw
+    except UnicodeDecodeError:
+        raise BadRequest(f"{field}: percent-encoding is not valid UTF-8") from None
     if not value:
         raise BadRequest(f"{field}: must not be empty")
     if len(value) > MAX_ID_LENGTH:
@@ -81,6 +84,11 @@ def json_body(data: bytes, *, required: bool = True) -> dict[str, Any]:
         raise BadRequest("body: must be a JSON object")
     if _depth(body) > MAX_DEPTH:
         raise BadRequest(f"body: nested deeper than {MAX_DEPTH} levels")
+    try:
+        # JSON allows "\ud800" escapes that are not Unicode; such a string cannot be stored as UTF-8.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("body: contains an unpaired surrogate escape (not valid Unicode)") from None
     return body
 
 

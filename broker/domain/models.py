@@ -63,6 +63,8 @@ class Instance:
     last_active: float | None
     created_at: float
     updated_at: float
+    dr_state: dict[str, Any] = field(default_factory=dict)
+    account_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ those actions in order; every backend must implement every action they name, whi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +29,17 @@ class StepContext:
     binding_parameters: Mapping[str, Any] = field(default_factory=dict)
     bind_resource: Mapping[str, Any] = field(default_factory=dict)
     outputs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplicationStatus:
+    """The replication group as the storage reports it. Achieved RPO = now - ``freeze_time``."""
+
+    state: str
+    primary_role: str
+    freeze_time: float | None
+    cycle_period_seconds: int
+    consistency_group: str | None = None
 
 
 class Orchestrator(Protocol):
@@ -54,4 +65,14 @@ class Orchestrator(Protocol):
 
     def describe(self) -> str:
         """One line for the start-up log."""
+        ...
+
+    def check_protection(self, primary_crn: str, secondary_crn: str, volume_ids: Sequence[str],
+                         instance_id: str | None = None) -> list[str]:
+        """What stands in the way of protecting these volumes (missing workspaces or volumes, volumes in
+        several pools or already in another group); each problem names its parameter."""
+        ...
+
+    def replication_status(self, instance_id: str) -> ReplicationStatus | None:
+        """The instance's replication group state, or None when it has none (yet)."""
         ...

@@ -14,6 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from broker.domain.errors import (
     Conflict,
     Gone,
     InstanceDisabled,
+    InvalidParameters,
     MaintenanceInfoConflict,
     NotFound,
     ServiceUnavailable,
@@ -40,6 +42,8 @@ from broker.domain.models import (
     OperationState,
     OperationType,
 )
+from broker.domain.protocols import Orchestrator
+from broker.services.dr_validation import validate_dr_parameters
 from broker.services.requests import (
     BindRequest,
     Caller,
@@ -52,6 +56,7 @@ from broker.services.requests import (
 )
 from broker.services.validation import redact, validate_parameters
 from broker.store.repository import Store, Tx
+from broker.workflows.definitions import DR_ACTIONS
 
 
 class Runner(Protocol):
@@ -64,6 +69,12 @@ class Runner(Protocol):
         ...
 
     def expected_remaining(self, op: Operation) -> float: ...
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def request_hash(**fields: Any) -> str:
@@ -79,11 +90,14 @@ _STATE_TEXT = {
 
 
 class BrokerService:
-    def __init__(self, store: Store, catalog: Catalog, runner: Runner, *, public_url: str | None = None,
-                 sync_bind_timeout: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, catalog: Catalog, runner: Runner, orchestrator: Orchestrator, *,
+                 public_url: str | None = None, sync_bind_timeout: float = 60.0, account_instance_limit: int = 20,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.catalog = catalog
         self.runner = runner
+        self.orchestrator = orchestrator
+        self.account_instance_limit = account_instance_limit
         self.public_url = public_url.rstrip("/") if public_url else None
         self.sync_bind_timeout = sync_bind_timeout
         self.clock = clock
@@ -145,6 +159,8 @@ class BrokerService:
         params = validate_parameters(req.parameters, plan.parameter_schema("provision"))
         if not req.accepts_incomplete:
             raise AsyncRequired("provisioning disaster recovery takes minutes; retry with accepts_incomplete=true")
+        account = validate_dr_parameters(plan, params, self.orchestrator, req.instance_id) or \
+            req.context.get("account_id")
         digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
                               organization_guid=req.organization_guid, space_guid=req.space_guid,
                               maintenance_version=req.maintenance_version)
@@ -154,13 +170,17 @@ class BrokerService:
             existing = tx.get_instance(req.instance_id)
             if existing is not None and existing.state != InstanceState.GONE:
                 return self._repeat_provision(tx, existing, digest)
+            if account and tx.count_account_instances(account) >= self.account_instance_limit:
+                raise InvalidParameters(
+                    f"parameters.primary_workspace_crn: account a/{account} already has "
+                    f"{self.account_instance_limit} DR instances, the limit per account")
             instance = Instance(
                 id=req.instance_id, service_id=req.service_id, plan_id=req.plan_id,
                 state=InstanceState.PROVISIONING, parameters=params, context=dict(req.context),
                 organization_guid=req.organization_guid, space_guid=req.space_guid,
                 maintenance_version=req.maintenance_version or plan.maintenance_version,
                 dashboard_url=dashboard, request_hash=digest, enabled=True, last_active=None,
-                created_at=now, updated_at=now,
+                created_at=now, updated_at=now, account_id=account,
             )
             op = self._new_operation(instance_id=req.instance_id, binding_id=None,
                                      op_type=OperationType.PROVISION, plan_id=req.plan_id,
@@ -192,6 +212,12 @@ class BrokerService:
 
     # update ---------------------------------------------------------------------------------------
     def update(self, req: UpdateRequest) -> Result:
+        result = self._update(req)
+        if result.status == "accepted":
+            self.runner.wake()
+        return result
+
+    def _update(self, req: UpdateRequest) -> Result:
         service, target_plan = self._service_plan(req.service_id, req.plan_id)
         digest = request_hash(plan_id=req.plan_id, parameters=req.parameters,
                               maintenance_version=req.maintenance_version)
@@ -212,6 +238,8 @@ class BrokerService:
                 raise Unprocessable(f"instance {inst.id} failed to provision and cannot be updated; "
                                     "deprovision it", instance_usable=False, update_repeatable=False)
             current = self._plan(inst.plan_id)
+            if req.parameters and "dr_action" in req.parameters:
+                return self._dr_action(tx, req, inst, current, target_plan, digest)
             target = target_plan or current
             if target.id != current.id:
                 self._check_plan_change(service, current, target)
@@ -222,6 +250,8 @@ class BrokerService:
                                               apply_defaults=False)
                 new_params.update(changes)
             new_params = validate_parameters(new_params, target.parameter_schema("provision"))
+            if new_params != inst.parameters or target.id != current.id:
+                validate_dr_parameters(target, new_params, self.orchestrator, inst.id)
             maintenance = req.maintenance_version or inst.maintenance_version
             if target.id == current.id and new_params == inst.parameters and maintenance == \
                     inst.maintenance_version:
@@ -236,7 +266,34 @@ class BrokerService:
                          "target_maintenance_version": maintenance if maintenance != inst.maintenance_version
                          else None})
             tx.insert_operation(op)
-        self.runner.wake()
+        return Result("accepted", op.id, {"operation": op.id})
+
+    def _dr_action(self, tx: Tx, req: UpdateRequest, inst: Instance, plan: Plan, target_plan: Plan | None,
+                   digest: str) -> Result:
+        assert req.parameters is not None
+        if set(req.parameters) != {"dr_action"} or (target_plan and target_plan.id != plan.id) or \
+                req.maintenance_version:
+            raise BadRequest("parameters.dr_action: send a DR action alone, without other parameter, plan or "
+                             "maintenance changes")
+        checked = validate_parameters(req.parameters, plan.parameter_schema("update"))
+        action = dict(checked["dr_action"])
+        spec = DR_ACTIONS[action["type"]]
+        if not inst.enabled:
+            raise InstanceDisabled(f"instance {inst.id} is disabled by the platform; DR actions are refused "
+                                   "until it is enabled again (replication keeps running)")
+        if spec.real_move and plan.features.get("rehearsal_only"):
+            raise Unprocessable(f"parameters.dr_action.type: {action['type']} is a real move, which plan "
+                                f"{plan.name!r} does not allow (test_failover and cleanup_test only)")
+        why_not = spec.allowed(inst.dr_state)
+        if why_not:
+            raise Unprocessable(f"parameters.dr_action.type: {action['type']} is not possible now: {why_not}")
+        if not req.accepts_incomplete:
+            raise AsyncRequired("DR actions take minutes; retry with accepts_incomplete=true")
+        op = self._new_operation(instance_id=inst.id, binding_id=None, op_type=OperationType.UPDATE,
+                                 plan_id=plan.id, request_hash=digest, caller=req.caller,
+                                 payload={"dr_action": action, "target_parameters": inst.parameters,
+                                          "target_plan_id": None, "target_maintenance_version": None})
+        tx.insert_operation(op)
         return Result("accepted", op.id, {"operation": op.id})
 
     def _check_plan_change(self, service: Service, current: Plan, target: Plan) -> None:
@@ -341,18 +398,45 @@ class BrokerService:
             raise ConcurrencyError(f"instance {instance_id} is being updated")
         plan = self.catalog.plan(inst.plan_id)
         params = redact(inst.parameters, plan.parameter_schema("provision") if plan else None)
+        attributes: dict[str, Any] = {
+            "state": inst.state.value, "enabled": inst.enabled,
+            "bindings": sum(1 for b in bindings if b.state == BindingState.BOUND),
+            **self.dr_attributes(inst)}
         body: dict[str, Any] = {
             "service_id": inst.service_id,
             "plan_id": inst.plan_id,
             "dashboard_url": inst.dashboard_url,
             "parameters": params,
-            "metadata": {"labels": {}, "attributes": {
-                "state": inst.state.value, "enabled": inst.enabled,
-                "bindings": sum(1 for b in bindings if b.state == BindingState.BOUND)}},
+            "metadata": {"labels": {}, "attributes": attributes},
         }
         if inst.maintenance_version:
             body["maintenance_info"] = {"version": inst.maintenance_version}
         return body
+
+    def dr_attributes(self, inst: Instance) -> dict[str, Any]:
+        """Live DR state: replication, active site, achieved RPO against target, last rehearsal and RTO."""
+        dr = inst.dr_state or {}
+        target_min = inst.parameters.get("rpo_target_minutes")
+        out: dict[str, Any] = {
+            "active_site": dr.get("active_site", "primary"),
+            "test_failover_active": bool(dr.get("test_active")),
+            "rpo_target_seconds": target_min * 60 if target_min else None,
+            "last_rehearsal_at": _iso(dr.get("last_rehearsal_at")),
+            "last_rehearsal_rto_seconds": dr.get("last_rehearsal_rto_seconds"),
+        }
+        status = self.orchestrator.replication_status(inst.id)
+        if status is not None:
+            out["replication_state"] = status.state
+            out["replication_primary_role"] = status.primary_role
+            out["consistency_group"] = status.consistency_group
+            out["cycle_period_seconds"] = status.cycle_period_seconds
+            if status.freeze_time is not None:
+                achieved = max(0, round(self.clock() - status.freeze_time))
+                out["last_freeze_time"] = _iso(status.freeze_time)
+                out["achieved_rpo_seconds"] = achieved
+                if out["rpo_target_seconds"]:
+                    out["rpo_met"] = achieved <= out["rpo_target_seconds"]
+        return out
 
     def get_binding(self, instance_id: str, binding_id: str) -> dict[str, Any]:
         with self.store.read() as tx:

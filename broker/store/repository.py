@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from broker.domain.errors import Conflict
@@ -30,7 +30,7 @@ from broker.domain.models import (
 from broker.store.db import is_sqlite
 from broker.store.tables import bindings, instances, operation_steps, operations
 
-_JSON_INSTANCE = ("parameters", "context")
+_JSON_INSTANCE = ("parameters", "context", "dr_state")
 _JSON_BINDING = ("parameters", "bind_resource", "context", "credentials")
 _JSON_OPERATION = ("payload", "originating_identity")
 
@@ -114,6 +114,11 @@ class Tx:
             cond.append(instances.c.state == expect_state.value)
         values = _dump(fields, _JSON_INSTANCE)
         return self.conn.execute(update(instances).where(and_(*cond)).values(**values)).rowcount == 1
+
+    def count_account_instances(self, account_id: str) -> int:
+        stmt = select(func.count()).select_from(instances).where(and_(
+            instances.c.account_id == account_id, instances.c.state != InstanceState.GONE.value))
+        return int(self.conn.execute(stmt).scalar_one())
 
     def list_instances(self, *, include_gone: bool = False) -> list[Instance]:
         stmt = select(instances).order_by(instances.c.created_at)

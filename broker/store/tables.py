@@ -38,6 +38,11 @@ instances = Table(
     Column("last_active", Float),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # What the broker knows of the DR situation: active site, rehearsal in progress, last rehearsal and RTO.
+    Column("dr_state", Text, nullable=False, default="{}", server_default="{}"),
+    # The customer account of the protected sites, for the per-account instance limit.
+    Column("account_id", String(64)),
+    Index("ix_instances_account", "account_id", "state"),
 )
 
 bindings = Table(

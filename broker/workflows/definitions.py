@@ -3,12 +3,15 @@
 A step names an orchestrator action; ``compensation`` names the action that undoes it when a later step
 fails permanently. Plans select optional parts through their catalog ``features``:
 ``orchestrator: ksys`` (deploy KSYS), ``standby: true`` (a standby orchestrator), ``byok: true`` (Key Protect
-keys).
+keys), ``rehearsal_only: true`` (only test failovers). Day-2 DR actions arrive as updates whose payload
+carries ``dr_action``; ``DR_ACTIONS`` says what each requires of the instance's DR state and what it changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from broker.domain.catalog import Plan
 from broker.domain.models import OperationType
@@ -21,17 +24,21 @@ class Step:
     compensation: str | None = None
 
 
-def _provision(plan: Plan) -> list[Step]:
+def _keys() -> list[Step]:
+    return [
+        Step("create_key_ring", "creating key ring", "delete_key_ring"),
+        Step("create_root_key", "creating root key", "delete_root_key"),
+    ]
+
+
+def _provision(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
     f = plan.features
     steps = [
         Step("validate_sites", "validating sites"),
         Step("create_dr_policy", "creating DR policy", "delete_dr_policy"),
     ]
     if f.get("byok"):
-        steps += [
-            Step("create_key_ring", "creating key ring", "delete_key_ring"),
-            Step("create_root_key", "creating root key", "delete_root_key"),
-        ]
+        steps += _keys()
     steps += [
         Step("enable_replication", "enabling volume replication", "disable_replication"),
         Step("create_replication_group", "creating replication group", "delete_replication_group"),
@@ -44,13 +51,13 @@ def _provision(plan: Plan) -> list[Step]:
             Step("deploy_orchestrator", "deploying the DR orchestrator", "remove_orchestrator"),
             Step("add_sites", "adding sites to the orchestrator"),
             Step("manage_vms", "managing VMs"),
-            Step("discover", "discovering the workgroup"),
+            Step("discover", "discovering the workgroups"),
         ]
     steps.append(Step("verify", "verifying"))
     return steps
 
 
-def _deprovision(plan: Plan) -> list[Step]:
+def _deprovision(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
     f = plan.features
     # The documented tear-down order: bindings' grants first, then the orchestrator, the group's
     # volumes, the group, replication, the secondary side; keys last because bindings wrapped data keys.
@@ -62,42 +69,127 @@ def _deprovision(plan: Plan) -> list[Step]:
         Step("disable_replication", "disabling volume replication"),
         Step("remove_auxiliary_volumes", "removing auxiliary volumes at the secondary"),
     ]
-    if f.get("byok"):
-        steps += [
-            Step("delete_root_key", "deleting the root key"),
-            Step("delete_key_ring", "deleting the key ring"),
-        ]
+    # Keys go whenever the instance may have them (a plan change to byok creates them).
     steps += [
+        Step("delete_root_key", "deleting the root key"),
+        Step("delete_key_ring", "deleting the key ring"),
         Step("delete_dr_policy", "deleting the DR policy"),
         Step("verify_removed", "verifying nothing is left"),
     ]
     return steps
 
 
-def _update(plan: Plan) -> list[Step]:
-    return [
-        Step("apply_parameters", "applying parameters"),
-        Step("verify", "verifying"),
-    ]
+def _update(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
+    action = payload.get("dr_action")
+    if action:
+        return DR_ACTIONS[action["type"]].steps(plan, action)
+    steps = [Step("apply_parameters", "applying parameters")]
+    if plan.features.get("byok"):
+        steps += [Step("create_key_ring", "creating key ring"), Step("create_root_key", "creating root key")]
+    if plan.features.get("orchestrator") == "ksys":
+        steps.append(Step("sync_standby_orchestrator", "matching the standby orchestrator to the plan"))
+    steps.append(Step("verify", "verifying"))
+    return steps
 
 
-def _bind(plan: Plan) -> list[Step]:
+def _bind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
     steps = [Step("create_service_id", "creating the service ID", "delete_service_id")]
     if plan.features.get("byok"):
-        steps.append(Step("grant_key_access", "granting Reader on the root key", "revoke_key_access"))
+        steps += [
+            Step("grant_key_access", "granting Reader on the root key", "revoke_key_access"),
+            Step("wrap_key", "wrapping a data key"),
+        ]
     steps.append(Step("issue_credentials", "issuing credentials", "revoke_credentials"))
     return steps
 
 
-def _unbind(plan: Plan) -> list[Step]:
-    steps = [Step("revoke_credentials", "revoking credentials")]
-    if plan.features.get("byok"):
-        steps.append(Step("revoke_key_access", "revoking key access"))
-    steps.append(Step("delete_service_id", "deleting the service ID"))
+def _unbind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
+    return [
+        Step("revoke_credentials", "revoking credentials"),
+        Step("revoke_key_access", "revoking key access"),
+        Step("delete_service_id", "deleting the service ID"),
+    ]
+
+
+@dataclass(frozen=True)
+class DrAction:
+    """A day-2 action: when it is allowed, its steps, and the DR state it leaves."""
+
+    name: str
+    real_move: bool
+    allowed: Callable[[Mapping[str, Any]], str | None]  # dr_state -> None, or why not
+    build: Callable[[Plan, Mapping[str, Any]], list[Step]]
+    result: Mapping[str, Any] = field(default_factory=dict)
+
+    def steps(self, plan: Plan, action: Mapping[str, Any]) -> list[Step]:
+        return self.build(plan, action)
+
+
+def _active(state: Mapping[str, Any]) -> str:
+    return state.get("active_site", "primary")
+
+
+def _failover_steps(plan: Plan, action: Mapping[str, Any]) -> list[Step]:
+    steps = [Step("check_replication", "checking replication")] if action.get("mode") != "unplanned" else []
+    if action.get("mode") != "unplanned":
+        steps.append(Step("stop_primary_vms", "stopping VMs at the primary site"))
+    steps += [
+        Step("failover_replication", "stopping replication with access at the secondary"),
+        Step("start_secondary_vms", "starting VMs at the secondary site"),
+    ]
     return steps
 
 
-_BUILDERS = {
+DR_ACTIONS: dict[str, DrAction] = {a.name: a for a in (
+    DrAction(
+        "test_failover", real_move=False,
+        allowed=lambda s: ("a test failover is already active; run cleanup_test first" if s.get("test_active")
+                           else "the instance is failed over; fail back before rehearsing"
+                           if _active(s) != "primary" else None),
+        build=lambda plan, a: [
+            Step("check_replication", "checking replication"),
+            Step("start_rehearsal", "starting rehearsal VMs and volumes at the secondary", "cleanup_rehearsal"),
+            Step("verify_rehearsal", "verifying the rehearsal"),
+        ],
+        result={"test_active": True}),
+    DrAction(
+        "cleanup_test", real_move=False,
+        allowed=lambda s: None if s.get("test_active") else "no test failover is active",
+        build=lambda plan, a: [Step("cleanup_rehearsal", "removing rehearsal VMs and volumes")],
+        result={"test_active": False}),
+    DrAction(
+        "failover", real_move=True,
+        allowed=lambda s: ("the instance is already failed over to the secondary site"
+                           if _active(s) != "primary" else "a test failover is active; run cleanup_test first"
+                           if s.get("test_active") else None),
+        build=_failover_steps,
+        result={"active_site": "secondary"}),
+    DrAction(
+        "failback", real_move=True,
+        allowed=lambda s: None if _active(s) == "secondary" else "failback needs a failover first: the primary "
+                                                                 "site is active",
+        build=lambda plan, a: [
+            Step("stop_secondary_vms", "stopping VMs at the secondary site"),
+            Step("reverse_replication", "resyncing changes from the secondary to the primary"),
+            Step("wait_reverse_consistent", "waiting for the reverse copy to be consistent"),
+            Step("stop_reverse_with_access", "stopping the reverse copy with access at the primary"),
+            Step("restart_replication", "restarting replication from the primary"),
+            Step("wait_consistent_copying", "waiting for consistent_copying"),
+            Step("start_primary_vms", "starting VMs at the primary site"),
+        ],
+        result={"active_site": "primary"}),
+    DrAction(
+        "resync", real_move=False,
+        allowed=lambda s: ("the instance is failed over; use failback to resync towards the primary"
+                           if _active(s) != "primary" else None),
+        build=lambda plan, a: [
+            Step("restart_replication", "restarting replication from the primary"),
+            Step("wait_consistent_copying", "waiting for consistent_copying"),
+        ]),
+)}
+
+
+_BUILDERS: dict[OperationType, Callable[[Plan, Mapping[str, Any]], list[Step]]] = {
     OperationType.PROVISION: _provision,
     OperationType.DEPROVISION: _deprovision,
     OperationType.UPDATE: _update,
@@ -106,16 +198,20 @@ _BUILDERS = {
 }
 
 
-def steps_for(op_type: OperationType, plan: Plan) -> tuple[Step, ...]:
-    return tuple(_BUILDERS[op_type](plan))
+def steps_for(op_type: OperationType, plan: Plan, payload: Mapping[str, Any] | None = None) -> tuple[Step, ...]:
+    return tuple(_BUILDERS[op_type](plan, payload or {}))
 
 
 def all_actions(plan: Plan) -> set[str]:
-    """Every action any workflow of ``plan`` may call (steps and compensations)."""
+    """Every action any workflow of ``plan`` may call (steps and compensations), day-2 included."""
+    payloads: list[Mapping[str, Any]] = [{}]
+    payloads += [{"dr_action": {"type": name, "mode": mode}} for name in DR_ACTIONS
+                 for mode in ("planned", "unplanned")]
     names: set[str] = set()
     for op_type in OperationType:
-        for step in steps_for(op_type, plan):
-            names.add(step.action)
-            if step.compensation:
-                names.add(step.compensation)
+        for payload in payloads:
+            for step in steps_for(op_type, plan, payload):
+                names.add(step.action)
+                if step.compensation:
+                    names.add(step.compensation)
     return names

@@ -26,7 +26,7 @@ from broker.domain.models import (
 )
 from broker.domain.protocols import Orchestrator, StepContext
 from broker.store.repository import Store
-from broker.workflows.definitions import Step, steps_for
+from broker.workflows.definitions import DR_ACTIONS, Step, steps_for
 from broker.workflows.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Engine:
         return plan
 
     def steps(self, op: Operation) -> tuple[Step, ...]:
-        return steps_for(op.type, self.plan_for(op))
+        return steps_for(op.type, self.plan_for(op), op.payload)
 
     def expected_remaining(self, op: Operation) -> float:
         """Seconds until the running step should finish (for Retry-After)."""
@@ -150,8 +150,9 @@ class Engine:
                            f"step {idx + 1}/{len(steps)} ({step.title}) failed: {exc.description}",
                            failed_idx=idx)
                 return
+            result = dict(result)
+            self._finish_step(op.id, idx, step, owner, result)
             outputs.update(result)
-            self._finish_step(op.id, idx, step, owner, dict(result))
         self._succeed(op.id, owner, outputs)
 
     def _start_step(self, op: Operation, idx: int, step: Step, total: int, owner: str,
@@ -182,6 +183,14 @@ class Engine:
         with self.store.write() as tx:
             if not tx.update_operation(op_id, expect=self._guard(owner), step_index=idx + 1):
                 raise LeaseLost(op_id)
+            credentials = result.pop("credentials", None)
+            if credentials is not None:
+                # Credentials go straight to the binding row (the one place secrets are kept), never into
+                # the step record.
+                op = tx.get_operation(op_id)
+                assert op is not None and op.binding_id is not None
+                tx.update_binding(op.instance_id, op.binding_id, credentials=credentials, updated_at=now)
+                result["credentials_issued"] = True
             rec = {r.idx: r for r in tx.steps(op_id)}.get(idx)
             tx.upsert_step(StepRecord(
                 operation_id=op_id, idx=idx, name=step.action, state="done",
@@ -203,19 +212,44 @@ class Engine:
                                        lease_until=None, error="halted"):
                 raise LeaseLost(op.id)
 
+    def success_description(self, op: Operation, parameters: Mapping[str, Any]) -> str:
+        action = op.payload.get("dr_action")
+        verb = f"{action['type']} done" if action else _DONE_VERB[op.type]
+        if op.type not in (OperationType.PROVISION, OperationType.UPDATE):
+            return f"succeeded: {verb}"
+        status = self.orchestrator.replication_status(op.instance_id)
+        if status is None:
+            return f"succeeded: {verb}"
+        text = f"succeeded: {verb}; replication {status.state}"
+        if status.freeze_time is not None:
+            text += f", achieved RPO {max(0, round(self.clock() - status.freeze_time))} s"
+            target = parameters.get("rpo_target_minutes")
+            if target:
+                text += f" (target {target} min)"
+        return text
+
     def _succeed(self, op_id: str, owner: str, outputs: dict[str, Any]) -> None:
         now = self.clock()
+        with self.store.read() as tx:
+            current = tx.get_operation(op_id)
+            inst_now = tx.get_instance(current.instance_id) if current else None
+        assert current is not None
+        params = current.payload.get("target_parameters") or (inst_now.parameters if inst_now else {})
+        description = self.success_description(current, params)
         with self.store.write() as tx:
             op = tx.get_operation(op_id)
             assert op is not None
             if not tx.update_operation(op_id, expect=self._guard(owner), state=OperationState.SUCCEEDED,
-                                       description=f"succeeded: {_DONE_VERB[op.type]}",
+                                       description=description,
                                        finished_at=now, lease_owner=None, lease_until=None,
                                        step_index=op.step_total):
                 raise LeaseLost(op_id)
+            inst = tx.get_instance(op.instance_id)
+            dr_state = {**(inst.dr_state if inst else {}), **outputs.get("dr_state", {})}
             if op.type == OperationType.PROVISION:
+                dr_state.setdefault("active_site", "primary")
                 tx.update_instance(op.instance_id, state=InstanceState.READY.value, updated_at=now,
-                                   last_active=now)
+                                   last_active=now, dr_state=dr_state)
             elif op.type == OperationType.UPDATE:
                 fields: dict[str, Any] = {"state": InstanceState.READY.value, "updated_at": now,
                                           "parameters": op.payload["target_parameters"]}
@@ -223,6 +257,16 @@ class Engine:
                     fields["plan_id"] = op.payload["target_plan_id"]
                 if op.payload.get("target_maintenance_version"):
                     fields["maintenance_version"] = op.payload["target_maintenance_version"]
+                action = op.payload.get("dr_action")
+                if action:
+                    spec = DR_ACTIONS[action["type"]]
+                    dr_state.update(spec.result)
+                    dr_state["last_action"] = {"type": action["type"], "mode": action.get("mode"),
+                                               "finished_at": now}
+                    if action["type"] == "test_failover":
+                        dr_state["last_rehearsal_at"] = now
+                        dr_state["last_rehearsal_rto_seconds"] = round(now - (op.started_at or op.created_at), 3)
+                fields["dr_state"] = dr_state
                 tx.update_instance(op.instance_id, **fields)
             elif op.type == OperationType.DEPROVISION:
                 tx.update_instance(op.instance_id, state=InstanceState.GONE.value, updated_at=now)
@@ -231,8 +275,7 @@ class Engine:
                                       updated_at=now)
             elif op.type == OperationType.BIND:
                 assert op.binding_id is not None
-                tx.update_binding(op.instance_id, op.binding_id, state=BindingState.BOUND.value,
-                                  credentials=outputs.get("credentials") or {}, updated_at=now)
+                tx.update_binding(op.instance_id, op.binding_id, state=BindingState.BOUND.value, updated_at=now)
             elif op.type == OperationType.UNBIND:
                 assert op.binding_id is not None
                 tx.update_binding(op.instance_id, op.binding_id, state=BindingState.GONE.value,
@@ -243,7 +286,7 @@ class Engine:
               outputs: dict[str, Any], owner: str, reason: str, *, failed_idx: int) -> None:
         cleaned: list[str] = []
         left: list[str] = []
-        if op.type in (OperationType.PROVISION, OperationType.BIND):
+        if op.type not in (OperationType.DEPROVISION, OperationType.UNBIND):
             # Mark the failure first, so a crash during compensation resumes it rather than the steps.
             with self.store.write() as tx:
                 payload = {**op.payload, "failure": reason, "failed_idx": failed_idx}

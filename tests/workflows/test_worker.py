@@ -17,13 +17,14 @@ from broker.orchestrators.simulated.cloud import SimulatedCloud
 from broker.services.requests import ProvisionRequest
 from broker.workflows.engine import Engine
 from broker.workflows.worker import HOST, Worker
-from tests.conftest import GRS_PARAMS, GRS_PLAN, SERVICE_ID, make_settings
+from tests.conftest import GRS_PARAMS, GRS_PLAN, SERVICE_ID, grs_params, make_settings
 
 
-def _provision(rt: Runtime, iid: str) -> str:
+def _provision(rt: Runtime, iid: str, n: int = 0) -> str:
+    params = grs_params(n) if n else dict(GRS_PARAMS)
     result = rt.service.provision(ProvisionRequest(
         instance_id=iid, service_id=SERVICE_ID, plan_id=GRS_PLAN, accepts_incomplete=True,
-        organization_guid="o", space_guid="s", parameters=dict(GRS_PARAMS)))
+        organization_guid="o", space_guid="s", parameters=params))
     assert result.status == "accepted"
     return result.operation
 
@@ -56,6 +57,9 @@ class CountingOrchestrator:
 
     def describe(self):
         return self.inner.describe()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
     def perform(self, action, ctx):
         with self.lock:
@@ -92,7 +96,7 @@ def test_two_workers_on_one_database_never_run_an_operation_twice(tmp_path: Path
         counters.append(counting)
         engine = Engine(runtime.store, runtime.catalog, counting)
         runtime.worker = Worker(runtime.store, engine, lease_seconds=5, poll_seconds=0.01, threads=3)
-    ops = [_provision(a, f"inst-{i}") for i in range(12)]
+    ops = [_provision(a, f"inst-{i}", n=i + 1) for i in range(12)]
     a.worker.start()
     b.worker.start()
     try:

@@ -33,8 +33,13 @@ class Resource:
     created_at: float
 
 
-def resource_name(kind: str, instance_id: str, binding_id: str | None = None) -> str:
-    digest = hashlib.sha256(f"{instance_id}\0{binding_id or ''}".encode()).hexdigest()[:24]
+SEED_OWNER = ""  # resources of the customer's account (workspaces, pools, volumes), owned by no instance
+
+
+def resource_name(kind: str, instance_id: str, binding_id: str | None = None, part: str = "") -> str:
+    if instance_id == SEED_OWNER:
+        return f"{kind}:{part}"
+    digest = hashlib.sha256(f"{instance_id}\0{binding_id or ''}\0{part}".encode()).hexdigest()[:24]
     return f"{kind}-{digest}"
 
 
@@ -49,22 +54,22 @@ class SimulatedCloud:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def get(self, kind: str, instance_id: str, binding_id: str | None = None) -> Resource | None:
-        name = resource_name(kind, instance_id, binding_id)
+    def get(self, kind: str, instance_id: str, binding_id: str | None = None, part: str = "") -> Resource | None:
+        name = resource_name(kind, instance_id, binding_id, part)
         with self.engine.connect() as conn:
             row = conn.execute(select(sim_resources).where(and_(
                 sim_resources.c.kind == kind, sim_resources.c.name == name))).first()
         return _row(row) if row else None
 
     def ensure(self, kind: str, instance_id: str, binding_id: str | None, state: str,
-               data: Mapping[str, Any]) -> Resource:
+               data: Mapping[str, Any], part: str = "") -> Resource:
         """Create the resource unless it exists; return what is there."""
-        existing = self.get(kind, instance_id, binding_id)
+        existing = self.get(kind, instance_id, binding_id, part)
         if existing is not None:
             return existing
         now = time.time()
         values = dict(id=f"{kind[:8]}-{uuid.uuid4()}", kind=kind,
-                      name=resource_name(kind, instance_id, binding_id), instance_id=instance_id,
+                      name=resource_name(kind, instance_id, binding_id, part), instance_id=instance_id,
                       binding_id=binding_id, state=state, data=json.dumps(dict(data), sort_keys=True),
                       created_at=now, updated_at=now)
         try:
@@ -72,35 +77,78 @@ class SimulatedCloud:
                 conn.execute(insert(sim_resources).values(**values))
         except IntegrityError:
             pass  # a concurrent attempt created it first; ours is discarded
-        found = self.get(kind, instance_id, binding_id)
+        found = self.get(kind, instance_id, binding_id, part)
         assert found is not None
         return found
 
-    def set_state(self, kind: str, instance_id: str, binding_id: str | None, state: str,
-                  data: Mapping[str, Any] | None = None) -> bool:
-        existing = self.get(kind, instance_id, binding_id)
+    def set_state(self, kind: str, instance_id: str, binding_id: str | None, state: str | None = None,
+                  data: Mapping[str, Any] | None = None, part: str = "") -> Resource | None:
+        """Change state and/or merge data; None when the resource does not exist."""
+        existing = self.get(kind, instance_id, binding_id, part)
         if existing is None:
-            return False
-        merged = {**existing.data, **(data or {})}
-        with self.engine.begin() as conn:
-            conn.execute(update(sim_resources).where(sim_resources.c.id == existing.id).values(
-                state=state, data=json.dumps(merged, sort_keys=True), updated_at=time.time()))
-        return True
+            return None
+        return self.update(existing, state=state, data=data)
 
-    def remove(self, kind: str, instance_id: str, binding_id: str | None = None) -> bool:
-        name = resource_name(kind, instance_id, binding_id)
+    def update(self, res: Resource, *, state: str | None = None, data: Mapping[str, Any] | None = None) -> Resource:
+        merged = {**res.data, **(data or {})}
+        new_state = state if state is not None else res.state
+        with self.engine.begin() as conn:
+            conn.execute(update(sim_resources).where(sim_resources.c.id == res.id).values(
+                state=new_state, data=json.dumps(merged, sort_keys=True), updated_at=time.time()))
+        return Resource(id=res.id, kind=res.kind, name=res.name, instance_id=res.instance_id,
+                        binding_id=res.binding_id, state=new_state, data=merged, created_at=res.created_at)
+
+    def by_id(self, resource_id: str) -> Resource | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(sim_resources).where(sim_resources.c.id == resource_id)).first()
+        return _row(row) if row else None
+
+    def of_kind(self, kind: str, instance_id: str | None = None) -> list[Resource]:
+        stmt = select(sim_resources).where(sim_resources.c.kind == kind).order_by(sim_resources.c.created_at)
+        if instance_id is not None:
+            stmt = stmt.where(sim_resources.c.instance_id == instance_id)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(stmt)]
+
+    def remove(self, kind: str, instance_id: str, binding_id: str | None = None, part: str = "") -> bool:
+        name = resource_name(kind, instance_id, binding_id, part)
         with self.engine.begin() as conn:
             return conn.execute(delete(sim_resources).where(and_(
                 sim_resources.c.kind == kind, sim_resources.c.name == name))).rowcount > 0
+
+    def remove_all(self, kind: str, instance_id: str, binding_id: str | None = None) -> int:
+        cond = [sim_resources.c.kind == kind, sim_resources.c.instance_id == instance_id]
+        if binding_id is not None:
+            cond.append(sim_resources.c.binding_id == binding_id)
+        with self.engine.begin() as conn:
+            return conn.execute(delete(sim_resources).where(and_(*cond))).rowcount
 
     def remove_binding_resources(self, instance_id: str) -> int:
         with self.engine.begin() as conn:
             return conn.execute(delete(sim_resources).where(and_(
                 sim_resources.c.instance_id == instance_id, sim_resources.c.binding_id.is_not(None)))).rowcount
 
-    def inventory(self, instance_id: str | None = None) -> list[Resource]:
+    def seed(self, rows: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """Insert customer-owned resources (kind, natural id, state, data) in one transaction, once."""
+        if not rows or self.get(rows[-1][0], SEED_OWNER, None, rows[-1][1]) is not None:
+            return
+        now = time.time()
+        values = [dict(id=f"{kind[:8]}-{uuid.uuid5(uuid.NAMESPACE_URL, kind + natural)}", kind=kind,
+                       name=resource_name(kind, SEED_OWNER, None, natural), instance_id=SEED_OWNER, binding_id=None,
+                       state=state, data=json.dumps(data, sort_keys=True), created_at=now, updated_at=now)
+                  for kind, natural, state, data in rows]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(sim_resources), values)
+        except IntegrityError:
+            pass  # another process seeded it first
+
+    def inventory(self, instance_id: str | None = None, *, include_seed: bool = False) -> list[Resource]:
+        """Resources owned by broker instances (or by one); the customer's seeded account on request."""
         stmt = select(sim_resources).order_by(sim_resources.c.instance_id, sim_resources.c.created_at)
         if instance_id is not None:
             stmt = stmt.where(sim_resources.c.instance_id == instance_id)
+        elif not include_seed:
+            stmt = stmt.where(sim_resources.c.instance_id != SEED_OWNER)
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(stmt)]

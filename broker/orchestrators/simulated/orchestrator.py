@@ -1,92 +1,118 @@
-"""The simulated orchestrator: the ``Orchestrator`` protocol over ``SimulatedCloud``.
+"""The simulated orchestrator: the ``Orchestrator`` protocol over a simulated PowerVS account.
 
-Each action takes ``step_seconds * weight`` of wall time (``DRBROKER_SIM_STEP_SECONDS``; 0 = instant),
-then creates, changes or removes resources owned by the instance or binding.
+Each action takes ``step_seconds * weight`` of wall time (``DRBROKER_SIM_STEP_SECONDS``; 0 = instant), then
+works on the simulated cloud the way the real sequence would: replication is enabled on the customer's
+volumes, a volume group (consistency group) moves through the GRS states, auxiliary volumes are onboarded
+at the secondary site, a KSYS orchestrator is deployed and discovers VMs, Key Protect wraps data keys, IAM
+issues service IDs, keys and policies. Every action is idempotent: repeated after a crash, it finds what it
+made before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
 
 from broker.domain.errors import PermanentBackendError
-from broker.domain.protocols import StepContext
-from broker.orchestrators.simulated.cloud import SimulatedCloud
+from broker.domain.protocols import ReplicationStatus, StepContext
+from broker.domain.sites import parse_workspace_crn
+from broker.orchestrators.simulated.cloud import SEED_OWNER, Resource, SimulatedCloud
 from broker.orchestrators.simulated.faults import FaultInjector
+from broker.orchestrators.simulated.keyprotect import SimKeyProtect
+from broker.orchestrators.simulated.seed import seed_demo_account
 
 log = logging.getLogger(__name__)
 
 Action = Callable[[StepContext], Mapping[str, Any]]
 
+CYCLE_PERIOD_SECONDS = 300  # GMCV cycle period the simulated storage reports (read-only on PowerVS)
+
 # Relative duration of each action; a step takes step_seconds * weight.
 _WEIGHTS = {
     "deploy_orchestrator": 3.0,
     "wait_consistent_copying": 2.0,
+    "wait_reverse_consistent": 2.0,
     "create_service_id": 0.1,
     "grant_key_access": 0.1,
+    "wrap_key": 0.1,
     "issue_credentials": 0.1,
     "revoke_credentials": 0.1,
     "revoke_key_access": 0.1,
     "delete_service_id": 0.1,
 }
 
-# Resources a ready instance has, by plan feature; ``verify`` checks them.
-_BASE_KINDS = ("dr_policy", "replicated_volumes", "volume_group", "auxiliary_volume_group")
 
-
-def _expected_kinds(ctx: StepContext) -> list[str]:
-    kinds = list(_BASE_KINDS)
-    if ctx.plan.features.get("byok"):
-        kinds += ["key_ring", "root_key"]
-    if ctx.plan.features.get("orchestrator") == "ksys":
-        kinds.append("orchestrator")
-        if ctx.plan.features.get("standby"):
-            kinds.append("standby_orchestrator")
-    return kinds
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class SimulatedOrchestrator:
     name = "simulated"
 
-    def __init__(self, engine: Engine, *, step_seconds: float = 1.0, faults: str = "") -> None:
+    def __init__(self, engine: Engine, *, step_seconds: float = 1.0, faults: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
         self.cloud = SimulatedCloud(engine)
+        self.kp = SimKeyProtect(self.cloud)
         self.step_seconds = step_seconds
         self.faults = FaultInjector(faults)
+        self.clock = clock
+        seed_demo_account(self.cloud)
         self._actions: dict[str, Action] = {
+            # provision
             "validate_sites": self._validate_sites,
-            "create_dr_policy": self._creator("dr_policy", "active", self._policy_data),
-            "delete_dr_policy": self._remover("dr_policy"),
-            "create_key_ring": self._creator("key_ring", "active"),
-            "delete_key_ring": self._remover("key_ring"),
-            "create_root_key": self._creator("root_key", "active", lambda c: {"algorithm": "AES-256"}),
-            "delete_root_key": self._remover("root_key"),
-            "enable_replication": self._creator("replicated_volumes", "enabled", self._volume_data),
-            "disable_replication": self._remover("replicated_volumes"),
-            "create_replication_group": self._creator("volume_group", "inconsistent_copying"),
-            "wait_consistent_copying": self._wait_consistent,
-            "delete_replication_group": self._remover("volume_group"),
-            "onboard_auxiliary_volumes": self._creator("auxiliary_volume_group", "consistent_copying"),
-            "remove_auxiliary_volumes": self._remover("auxiliary_volume_group"),
+            "create_dr_policy": self._create_dr_policy,
+            "create_key_ring": self._create_key_ring,
+            "create_root_key": self._create_root_key,
+            "enable_replication": self._enable_replication,
+            "create_replication_group": self._create_replication_group,
+            "wait_consistent_copying": self._wait_consistent_copying,
+            "onboard_auxiliary_volumes": self._onboard_auxiliary_volumes,
             "deploy_orchestrator": self._deploy_orchestrator,
-            "remove_orchestrator": self._remove_orchestrator,
-            "add_sites": self._orchestrator_fact("sites_added", True),
-            "manage_vms": self._orchestrator_fact("vms_managed", True),
-            "discover": self._orchestrator_fact("discovered", True),
+            "add_sites": self._orchestrator_fact(sites_added=True),
+            "manage_vms": self._manage_vms,
+            "discover": self._discover,
             "verify": self._verify,
-            "verify_removed": self._verify_removed,
-            "apply_parameters": self._apply_parameters,
+            # deprovision and compensations
             "revoke_all_bindings": self._revoke_all_bindings,
+            "remove_orchestrator": self._remove_orchestrator,
+            "delete_replication_group": self._delete_replication_group,
+            "disable_replication": self._disable_replication,
+            "remove_auxiliary_volumes": self._remove_auxiliary_volumes,
+            "delete_root_key": self._delete_root_key,
+            "delete_key_ring": self._delete_key_ring,
+            "delete_dr_policy": self._remover("dr_policy"),
+            "verify_removed": self._verify_removed,
+            # update
+            "apply_parameters": self._apply_parameters,
+            "sync_standby_orchestrator": self._sync_standby,
+            # bind / unbind
             "create_service_id": self._create_service_id,
-            "delete_service_id": self._remover("service_id", binding=True),
-            "grant_key_access": self._creator("key_policy", "active", binding=True),
+            "delete_service_id": self._delete_service_id,
+            "grant_key_access": self._grant_key_access,
             "revoke_key_access": self._remover("key_policy", binding=True),
+            "wrap_key": self._wrap_key,
             "issue_credentials": self._issue_credentials,
             "revoke_credentials": self._remover("api_key", binding=True),
+            # day-2
+            "check_replication": self._check_replication,
+            "start_rehearsal": self._start_rehearsal,
+            "verify_rehearsal": self._verify_rehearsal,
+            "cleanup_rehearsal": self._remover("rehearsal"),
+            "stop_primary_vms": self._power("primary", "SHUTOFF"),
+            "start_primary_vms": self._power("primary", "ACTIVE"),
+            "stop_secondary_vms": self._power("secondary", "SHUTOFF"),
+            "start_secondary_vms": self._power("secondary", "ACTIVE"),
+            "failover_replication": self._group_action("idling", stop=True),
+            "reverse_replication": self._group_action("inconsistent_copying", role="aux"),
+            "wait_reverse_consistent": self._group_action("consistent_copying", role="aux", consistent=True),
+            "stop_reverse_with_access": self._group_action("idling", role="aux", stop=True),
+            "restart_replication": self._group_action("inconsistent_copying", role="master"),
         }
 
     # protocol -------------------------------------------------------------------------------------
@@ -110,116 +136,446 @@ class SimulatedOrchestrator:
             time.sleep(self.expected_seconds(action))
         return fn(ctx)
 
-    # action builders ------------------------------------------------------------------------------
-    def _creator(self, kind: str, state: str, data: Callable[[StepContext], Mapping[str, Any]] | None = None,
-                 *, binding: bool = False) -> Action:
-        def act(ctx: StepContext) -> Mapping[str, Any]:
-            res = self.cloud.ensure(kind, ctx.instance_id, ctx.binding_id if binding else None, state,
-                                    data(ctx) if data else {})
-            return {f"{kind}_id": res.id}
-        return act
+    def check_protection(self, primary_crn: str, secondary_crn: str, volume_ids: Sequence[str],
+                         instance_id: str | None = None) -> list[str]:
+        problems: list[str] = []
+        for field, crn in (("primary_workspace_crn", primary_crn), ("secondary_workspace_crn", secondary_crn)):
+            if self.cloud.get("workspace", SEED_OWNER, None, part=crn) is None:
+                problems.append(f"parameters.{field}: workspace {crn} does not exist or is not visible to "
+                                "the broker")
+        if problems:
+            return problems
+        pools: dict[str, list[str]] = {}
+        for vol_id in volume_ids:
+            vol = self._volume(primary_crn, vol_id)
+            if vol is None:
+                problems.append(f"parameters.protected_volumes: volume {vol_id} does not exist in the primary "
+                                "workspace")
+                continue
+            pools.setdefault(vol.data["pool"], []).append(vol_id)
+            group = vol.data.get("group")
+            if group and group != self._group_id(instance_id):
+                problems.append(f"parameters.protected_volumes: volume {vol_id} already belongs to replication "
+                                f"group {group}")
+        if len(pools) > 1:
+            listed = "; ".join(f"{pool}: {', '.join(v)}" for pool, v in sorted(pools.items()))
+            problems.append(f"parameters.protected_volumes: volumes must be in one storage pool ({listed})")
+        for pool in pools:
+            rec = self.cloud.get("storage_pool", SEED_OWNER, None, part=f"{primary_crn}/{pool}")
+            if rec is not None and not rec.data.get("replication_enabled"):
+                problems.append(f"parameters.protected_volumes: storage pool {pool} is not replication-capable")
+        return problems
+
+    def replication_status(self, instance_id: str) -> ReplicationStatus | None:
+        group = self.cloud.get("volume_group", instance_id)
+        if group is None:
+            return None
+        now = self.clock()
+        cycle = group.data.get("cycle_period_seconds", CYCLE_PERIOD_SECONDS)
+        freeze: float | None = group.data.get("freeze_time")
+        if group.state == "consistent_copying" and group.data.get("consistent_since"):
+            since = group.data["consistent_since"]
+            freeze = since + ((now - since) // cycle) * cycle
+        return ReplicationStatus(state=group.state, primary_role=group.data.get("primary_role", "master"),
+                                 freeze_time=freeze, cycle_period_seconds=cycle,
+                                 consistency_group=group.data.get("consistency_group"))
+
+    # helpers --------------------------------------------------------------------------------------
+    def _volume(self, workspace_crn: str, vol_id: str) -> Resource | None:
+        return self.cloud.get("volume", SEED_OWNER, None, part=f"{workspace_crn}/{vol_id}")
+
+    def _group_id(self, instance_id: str | None) -> str | None:
+        if instance_id is None:
+            return None
+        group = self.cloud.get("volume_group", instance_id)
+        return group.id if group else None
+
+    @staticmethod
+    def _sites(ctx: StepContext) -> tuple[str, str]:
+        return ctx.parameters["primary_workspace_crn"], ctx.parameters["secondary_workspace_crn"]
 
     def _remover(self, kind: str, *, binding: bool = False) -> Action:
         def act(ctx: StepContext) -> Mapping[str, Any]:
-            self.cloud.remove(kind, ctx.instance_id, ctx.binding_id if binding else None)
+            self.cloud.remove_all(kind, ctx.instance_id, ctx.binding_id if binding else None)
             return {}
         return act
 
-    def _orchestrator_fact(self, key: str, value: Any) -> Action:
+    def _orchestrator_fact(self, **facts: Any) -> Action:
         def act(ctx: StepContext) -> Mapping[str, Any]:
-            if not self.cloud.set_state("orchestrator", ctx.instance_id, None, "active", {key: value}):
-                raise PermanentBackendError(f"{key}: the orchestrator of {ctx.instance_id} is not deployed")
+            if not self.cloud.set_state("orchestrator", ctx.instance_id, None, data=facts):
+                raise PermanentBackendError(f"the orchestrator of {ctx.instance_id} is not deployed")
             return {}
         return act
 
-    # actions --------------------------------------------------------------------------------------
-    @staticmethod
-    def _policy_data(ctx: StepContext) -> Mapping[str, Any]:
-        return {"rpo_target_minutes": ctx.parameters.get("rpo_target_minutes")}
-
-    @staticmethod
-    def _volume_data(ctx: StepContext) -> Mapping[str, Any]:
-        return {"volumes": list(ctx.parameters.get("protected_volumes") or [])}
-
+    # provision ------------------------------------------------------------------------------------
     def _validate_sites(self, ctx: StepContext) -> Mapping[str, Any]:
-        primary = ctx.parameters.get("primary_workspace_crn")
-        secondary = ctx.parameters.get("secondary_workspace_crn")
-        if not primary or not secondary:
-            raise PermanentBackendError("both primary and secondary workspaces are required")
+        primary, secondary = self._sites(ctx)
+        problems = self.check_protection(primary, secondary, ctx.parameters.get("protected_volumes") or [],
+                                         ctx.instance_id)
+        if problems:
+            raise PermanentBackendError("; ".join(problems))
         return {}
 
-    def _wait_consistent(self, ctx: StepContext) -> Mapping[str, Any]:
-        if not self.cloud.set_state("volume_group", ctx.instance_id, None, "consistent_copying"):
-            raise PermanentBackendError("the replication group does not exist")
+    def _create_dr_policy(self, ctx: StepContext) -> Mapping[str, Any]:
+        policy = self.cloud.ensure("dr_policy", ctx.instance_id, None, "active", self._policy_data(ctx))
+        return {"dr_policy_id": policy.id}
+
+    @staticmethod
+    def _policy_data(ctx: StepContext) -> dict[str, Any]:
+        return {"rpo_target_minutes": ctx.parameters.get("rpo_target_minutes"),
+                "vm_priorities": {vm.get("pvm_instance_id"): vm.get("priority", "Medium")
+                                  for vm in ctx.parameters.get("managed_vms") or []},
+                "dr_test_schedule": ctx.parameters.get("dr_test_schedule"),
+                "notify": list(ctx.parameters.get("notification_emails") or [])}
+
+    def _create_key_ring(self, ctx: StepContext) -> Mapping[str, Any]:
+        wanted = (ctx.parameters.get("encryption") or {}).get("key_ring_id") or f"dr-{ctx.instance_id[-12:]}"
+        ring = self.cloud.ensure("key_ring", ctx.instance_id, None, "active", {"key_ring_id": wanted})
+        return {"key_ring_id": ring.data["key_ring_id"]}
+
+    def _create_root_key(self, ctx: StepContext) -> Mapping[str, Any]:
+        enc = ctx.parameters.get("encryption") or {}
+        ring = self.cloud.get("key_ring", ctx.instance_id)
+        if ring is None:
+            raise PermanentBackendError("Key Protect: key ring not found (404)")
+        key = self.kp.create_root_key(ctx.instance_id, key_ring=ring.data["key_ring_id"],
+                                      rotation_months=enc.get("rotation_interval_months"),
+                                      dual_auth_delete=bool(enc.get("dual_auth_delete")))
+        return {"root_key_id": key.id}
+
+    def _enable_replication(self, ctx: StepContext) -> Mapping[str, Any]:
+        primary, _ = self._sites(ctx)
+        marker = self.cloud.ensure("replication_enablement", ctx.instance_id, None, "active", {"volumes": []})
+        enabled = list(marker.data["volumes"])
+        for vol_id in ctx.parameters.get("protected_volumes") or []:
+            vol = self._volume(primary, vol_id)
+            if vol is None:
+                raise PermanentBackendError(f"volume {vol_id} not found (404)")
+            if not vol.data.get("replication_enabled"):
+                self.cloud.update(vol, data={"replication_enabled": True})
+                enabled.append(vol_id)
+        # Only the volumes this instance enabled are disabled again at tear-down.
+        self.cloud.update(marker, data={"volumes": sorted(set(enabled))})
         return {}
+
+    def _create_replication_group(self, ctx: StepContext) -> Mapping[str, Any]:
+        primary, _ = self._sites(ctx)
+        volumes = list(ctx.parameters.get("protected_volumes") or [])
+        group = self.cloud.ensure("volume_group", ctx.instance_id, None, "inconsistent_copying", {
+            "workspace_crn": primary, "volumes": volumes, "primary_role": "master", "status": "available",
+            "cycle_period_seconds": CYCLE_PERIOD_SECONDS, "consistent_since": None, "freeze_time": None})
+        self.cloud.update(group, data={"consistency_group": f"rccg-{group.id[-12:]}"})
+        for vol_id in volumes:
+            vol = self._volume(primary, vol_id)
+            if vol is not None:
+                self.cloud.update(vol, data={"group": group.id})
+        return {"volume_group_id": group.id}
+
+    def _wait_consistent_copying(self, ctx: StepContext) -> Mapping[str, Any]:
+        group = self.cloud.get("volume_group", ctx.instance_id)
+        if group is None:
+            raise PermanentBackendError("the replication group does not exist")
+        if group.state != "consistent_copying" or group.data.get("primary_role") != "master":
+            now = self.clock()
+            self.cloud.update(group, state="consistent_copying",
+                              data={"consistent_since": now, "primary_role": "master", "freeze_time": now})
+            aux = self.cloud.get("auxiliary_volume_group", ctx.instance_id)
+            if aux is not None:
+                self.cloud.update(aux, state="consistent_copying")
+        return {"dr_state": {"replication": "consistent_copying"}}
+
+    def _onboard_auxiliary_volumes(self, ctx: StepContext) -> Mapping[str, Any]:
+        primary, secondary = self._sites(ctx)
+        group = self.cloud.get("volume_group", ctx.instance_id)
+        for vol_id in ctx.parameters.get("protected_volumes") or []:
+            self.cloud.ensure("auxiliary_volume", ctx.instance_id, None, "available",
+                              {"workspace_crn": secondary, "source_crn": primary, "master_volume": vol_id,
+                               "name": f"aux_{vol_id}"}, part=vol_id)
+        aux = self.cloud.ensure("auxiliary_volume_group", ctx.instance_id, None,
+                                group.state if group else "consistent_copying",
+                                {"workspace_crn": secondary, "primary_role": "master"})
+        return {"auxiliary_volume_group_id": aux.id}
 
     def _deploy_orchestrator(self, ctx: StepContext) -> Mapping[str, Any]:
-        res = self.cloud.ensure("orchestrator", ctx.instance_id, None, "deploying", {})
-        out = {"orchestrator_id": res.id}
+        _, secondary = self._sites(ctx)
+        orch_params = ctx.parameters.get("orchestrator") or {}
+        orch = self.cloud.ensure("orchestrator", ctx.instance_id, None, "active", {
+            "workspace_crn": secondary, "name": orch_params.get("name"), "ip": "10.30.0.11",
+            "machine_type": orch_params.get("machine_type"), "tier": orch_params.get("tier"),
+            "proxy": orch_params.get("proxy")})
+        out: dict[str, Any] = {"orchestrator_id": orch.id}
         if ctx.plan.features.get("standby"):
-            out["standby_orchestrator_id"] = self.cloud.ensure(
-                "standby_orchestrator", ctx.instance_id, None, "active", {}).id
+            out["standby_orchestrator_id"] = self._ensure_standby(ctx).id
         return out
 
-    def _remove_orchestrator(self, ctx: StepContext) -> Mapping[str, Any]:
-        self.cloud.remove("standby_orchestrator", ctx.instance_id)
-        self.cloud.remove("orchestrator", ctx.instance_id)
+    def _ensure_standby(self, ctx: StepContext) -> Resource:
+        primary, _ = self._sites(ctx)
+        return self.cloud.ensure("standby_orchestrator", ctx.instance_id, None, "active",
+                                 {"workspace_crn": primary, "ip": "10.20.0.12"})
+
+    def _manage_vms(self, ctx: StepContext) -> Mapping[str, Any]:
+        primary, _ = self._sites(ctx)
+        wanted = [vm["pvm_instance_id"] for vm in ctx.parameters.get("managed_vms") or []]
+        if not wanted:
+            wanted = [r.data["vm_id"] for r in self.cloud.of_kind("pvm_instance", SEED_OWNER)
+                      if r.data["workspace_crn"] == primary]
+        if not self.cloud.set_state("orchestrator", ctx.instance_id, None, data={"managed_vms": wanted}):
+            raise PermanentBackendError("the orchestrator is not deployed")
         return {}
 
+    def _discover(self, ctx: StepContext) -> Mapping[str, Any]:
+        _, secondary = self._sites(ctx)
+        orch = self.cloud.get("orchestrator", ctx.instance_id)
+        if orch is None:
+            raise PermanentBackendError("the orchestrator is not deployed")
+        for vm in orch.data.get("managed_vms") or []:
+            self.cloud.ensure("backup_vm", ctx.instance_id, None, "SHUTOFF",
+                              {"workspace_crn": secondary, "name": f"{vm}_BackUp", "workgroup": f"{vm}_WG"},
+                              part=vm)
+        self.cloud.update(orch, data={"discovered": True, "workgroup_state": "READY_TO_MOVE"})
+        return {}
+
+    def _expected_kinds(self, ctx: StepContext) -> list[str]:
+        kinds = ["dr_policy", "replication_enablement", "volume_group", "auxiliary_volume_group"]
+        if ctx.plan.features.get("byok"):
+            kinds += ["key_ring", "root_key"]
+        if ctx.plan.features.get("orchestrator") == "ksys":
+            kinds.append("orchestrator")
+            if ctx.plan.features.get("standby"):
+                kinds.append("standby_orchestrator")
+        return kinds
+
     def _verify(self, ctx: StepContext) -> Mapping[str, Any]:
-        missing = [k for k in _expected_kinds(ctx) if self.cloud.get(k, ctx.instance_id) is None]
+        missing = [k for k in self._expected_kinds(ctx) if self.cloud.get(k, ctx.instance_id) is None]
         if missing:
             raise PermanentBackendError(f"verification failed: missing {', '.join(missing)}")
+        group = self.cloud.get("volume_group", ctx.instance_id)
+        if group is not None and group.state not in ("consistent_copying", "idling"):
+            raise PermanentBackendError(f"verification failed: replication group is {group.state}")
+        return {}
+
+    # deprovision ----------------------------------------------------------------------------------
+    def _revoke_all_bindings(self, ctx: StepContext) -> Mapping[str, Any]:
+        return {"revoked_resources": self.cloud.remove_binding_resources(ctx.instance_id)}
+
+    def _remove_orchestrator(self, ctx: StepContext) -> Mapping[str, Any]:
+        for kind in ("rehearsal", "backup_vm", "standby_orchestrator", "orchestrator"):
+            self.cloud.remove_all(kind, ctx.instance_id)
+        return {}
+
+    def _delete_replication_group(self, ctx: StepContext) -> Mapping[str, Any]:
+        group = self.cloud.get("volume_group", ctx.instance_id)
+        if group is not None:
+            for vol_id in group.data.get("volumes") or []:
+                vol = self._volume(group.data["workspace_crn"], vol_id)
+                if vol is not None and vol.data.get("group") == group.id:
+                    self.cloud.update(vol, data={"group": None})
+            self.cloud.remove("volume_group", ctx.instance_id)
+        self.cloud.remove_all("rehearsal", ctx.instance_id)
+        return {}
+
+    def _disable_replication(self, ctx: StepContext) -> Mapping[str, Any]:
+        marker = self.cloud.get("replication_enablement", ctx.instance_id)
+        if marker is not None:
+            primary = ctx.parameters.get("primary_workspace_crn")
+            for vol_id in marker.data.get("volumes") or []:
+                vol = self._volume(primary, vol_id) if primary else None
+                if vol is not None:
+                    self.cloud.update(vol, data={"replication_enabled": False})
+            self.cloud.remove("replication_enablement", ctx.instance_id)
+        return {}
+
+    def _remove_auxiliary_volumes(self, ctx: StepContext) -> Mapping[str, Any]:
+        self.cloud.remove("auxiliary_volume_group", ctx.instance_id)
+        self.cloud.remove_all("auxiliary_volume", ctx.instance_id)
+        return {}
+
+    def _delete_root_key(self, ctx: StepContext) -> Mapping[str, Any]:
+        key = self.cloud.get("root_key", ctx.instance_id)
+        if key is not None and key.data.get("dual_auth_delete") and not key.data.get("set_for_deletion"):
+            # The broker's service ID is the first approver; the key's dual-auth policy names the broker's
+            # second identity as the other (on real Key Protect: a second user within 7 days).
+            self.kp.set_for_deletion(key.id)
+        return self.kp.delete(ctx.instance_id)
+
+    def _delete_key_ring(self, ctx: StepContext) -> Mapping[str, Any]:
+        if self.cloud.get("root_key", ctx.instance_id) is not None:
+            raise PermanentBackendError("Key Protect: key ring still holds keys (409 KEY_RING_KEYS_NOT_DELETED)")
+        self.cloud.remove("key_ring", ctx.instance_id)
         return {}
 
     def _verify_removed(self, ctx: StepContext) -> Mapping[str, Any]:
         left = self.cloud.inventory(ctx.instance_id)
         if left:
-            raise PermanentBackendError("resources left behind: " + ", ".join(r.kind for r in left))
+            raise PermanentBackendError("resources left behind: " + ", ".join(sorted({r.kind for r in left})))
         return {}
 
+    # update ---------------------------------------------------------------------------------------
     def _apply_parameters(self, ctx: StepContext) -> Mapping[str, Any]:
-        self.cloud.set_state("dr_policy", ctx.instance_id, None, "active", self._policy_data(ctx))
-        self.cloud.set_state("replicated_volumes", ctx.instance_id, None, "enabled", self._volume_data(ctx))
+        primary, secondary = self._sites(ctx)
+        self.cloud.set_state("dr_policy", ctx.instance_id, None, data=self._policy_data(ctx))
+        group = self.cloud.get("volume_group", ctx.instance_id)
+        wanted = list(ctx.parameters.get("protected_volumes") or [])
+        if group is None:
+            return {}
+        current = list(group.data.get("volumes") or [])
+        added = [v for v in wanted if v not in current]
+        removed = [v for v in current if v not in wanted]
+        marker = self.cloud.get("replication_enablement", ctx.instance_id)
+        enabled = set(marker.data["volumes"]) if marker else set()
+        for vol_id in added:
+            vol = self._volume(primary, vol_id)
+            if vol is None:
+                raise PermanentBackendError(f"volume {vol_id} not found (404)")
+            if not vol.data.get("replication_enabled"):
+                enabled.add(vol_id)
+            self.cloud.update(vol, data={"replication_enabled": True, "group": group.id})
+            self.cloud.ensure("auxiliary_volume", ctx.instance_id, None, "available",
+                              {"workspace_crn": secondary, "source_crn": primary, "master_volume": vol_id,
+                               "name": f"aux_{vol_id}"}, part=vol_id)
+        for vol_id in removed:
+            vol = self._volume(primary, vol_id)
+            if vol is not None:
+                self.cloud.update(vol, data={"group": None, "replication_enabled":
+                                             vol.data.get("replication_enabled") and vol_id not in enabled})
+            enabled.discard(vol_id)
+            self.cloud.remove("auxiliary_volume", ctx.instance_id, part=vol_id)
+        self.cloud.update(group, data={"volumes": wanted})
+        if marker is not None:
+            self.cloud.update(marker, data={"volumes": sorted(enabled)})
+        return {}
+
+    def _sync_standby(self, ctx: StepContext) -> Mapping[str, Any]:
         if ctx.plan.features.get("standby"):
-            self.cloud.ensure("standby_orchestrator", ctx.instance_id, None, "active", {})
-        elif ctx.plan.features.get("orchestrator") == "ksys":
+            self._ensure_standby(ctx)
+        else:
             self.cloud.remove("standby_orchestrator", ctx.instance_id)
         return {}
 
-    def _revoke_all_bindings(self, ctx: StepContext) -> Mapping[str, Any]:
-        return {"revoked_resources": self.cloud.remove_binding_resources(ctx.instance_id)}
-
+    # bind / unbind --------------------------------------------------------------------------------
     def _create_service_id(self, ctx: StepContext) -> Mapping[str, Any]:
         given = ctx.bind_resource.get("serviceid_crn")
         if given:
             return {"serviceid_crn": given, "serviceid_created": False}
-        res = self.cloud.ensure("service_id", ctx.instance_id, ctx.binding_id, "active", {})
-        account = (ctx.context or {}).get("account_id", "sim0account")
-        return {"serviceid_crn": f"crn:v1:bluemix:public:iam-identity::a/{account}::serviceid:{res.id}",
+        account = (parse_workspace_crn(ctx.parameters.get("primary_workspace_crn", "")) or None)
+        account_id = account.account if account else "sim"
+        sid = self.cloud.ensure("service_id", ctx.instance_id, ctx.binding_id, "active",
+                                {"name": f"drbroker-{(ctx.binding_id or '')[-24:]}", "account": account_id})
+        return {"serviceid_crn": f"crn:v1:bluemix:public:iam-identity::a/{account_id}::serviceid:{sid.id}",
                 "serviceid_created": True}
 
+    def _delete_service_id(self, ctx: StepContext) -> Mapping[str, Any]:
+        self.cloud.remove_all("api_key", ctx.instance_id, ctx.binding_id)
+        self.cloud.remove_all("service_id", ctx.instance_id, ctx.binding_id)
+        return {}
+
+    def _grant_key_access(self, ctx: StepContext) -> Mapping[str, Any]:
+        key = self.cloud.get("root_key", ctx.instance_id)
+        if key is None:
+            raise PermanentBackendError("the instance has no root key")
+        role = ctx.binding_parameters.get("role", "Reader")
+        policy = self.cloud.ensure("key_policy", ctx.instance_id, ctx.binding_id, "active", {
+            "subject": ctx.outputs.get("serviceid_crn"), "role": f"crn:v1:bluemix:public:iam::::serviceRole:{role}",
+            "resource": {"serviceName": "kms", "resourceType": "key", "resource": key.id}})
+        return {"key_policy_id": policy.id}
+
+    def _wrap_key(self, ctx: StepContext) -> Mapping[str, Any]:
+        key = self.cloud.get("root_key", ctx.instance_id)
+        if key is None:
+            raise PermanentBackendError("the instance has no root key")
+        wrapped = self.kp.wrap(key.id, aad=[ctx.instance_id, ctx.binding_id or ""])
+        # The plaintext data key is dropped here: only its ciphertext leaves Key Protect through the broker.
+        return {"wrapped_dek": wrapped.ciphertext, "key_version": wrapped.key_version, "root_key_id": key.id}
+
     def _issue_credentials(self, ctx: StepContext) -> Mapping[str, Any]:
-        key = self.cloud.ensure("api_key", ctx.instance_id, ctx.binding_id, "active",
-                                {"apikey": secrets.token_urlsafe(32)})
+        credentials: dict[str, Any] = {"backend": "simulated", "dr_instance_id": ctx.instance_id}
         group = self.cloud.get("volume_group", ctx.instance_id)
         aux = self.cloud.get("auxiliary_volume_group", ctx.instance_id)
-        orch = self.cloud.get("orchestrator", ctx.instance_id)
-        root = self.cloud.get("root_key", ctx.instance_id)
-        credentials: dict[str, Any] = {
-            "backend": "simulated",
-            "replication": {
-                "primary": {"workspace_crn": ctx.parameters.get("primary_workspace_crn"),
-                            "volume_group_id": group.id if group else None},
-                "secondary": {"workspace_crn": ctx.parameters.get("secondary_workspace_crn"),
-                              "volume_group_id": aux.id if aux else None},
-                "consistency_group_name": f"rccg-{group.id[-12:]}" if group else None,
-                "rpo_target_minutes": ctx.parameters.get("rpo_target_minutes"),
-            },
-            "iam": {"serviceid_crn": ctx.outputs.get("serviceid_crn"), "apikey": key.data["apikey"]},
+        primary, secondary = self._sites(ctx)
+        credentials["replication"] = {
+            "type": "global_mirror_change_volumes",
+            "primary": {"workspace_crn": primary, "volume_group_id": group.id if group else None},
+            "secondary": {"workspace_crn": secondary, "volume_group_id": aux.id if aux else None},
+            "consistency_group_name": group.data.get("consistency_group") if group else None,
+            "rpo_target_minutes": ctx.parameters.get("rpo_target_minutes"),
         }
-        if orch:
-            credentials["orchestrator"] = {"endpoint": f"https://ksys-{orch.id[-12:]}.sim.invalid:3000"}
-        if root:
-            credentials["kms"] = {"root_key_id": root.id}
+        orch = self.cloud.get("orchestrator", ctx.instance_id)
+        if orch is not None:
+            standby = self.cloud.get("standby_orchestrator", ctx.instance_id)
+            credentials["orchestrator"] = {"endpoint": f"https://{orch.data['ip']}:3000",
+                                           "primary_ip": orch.data["ip"],
+                                           "standby_ip": standby.data["ip"] if standby else None}
+        if ctx.outputs.get("wrapped_dek"):
+            key = self.cloud.get("root_key", ctx.instance_id)
+            ring = self.cloud.get("key_ring", ctx.instance_id)
+            credentials["kms"] = {
+                "root_key_crn": f"crn:v1:bluemix:public:kms:sim:a/sim:sim-kp:key:{key.id if key else ''}",
+                "key_ring_id": ring.data["key_ring_id"] if ring else None,
+                "wrapped_dek": ctx.outputs["wrapped_dek"], "key_version_id": ctx.outputs.get("key_version"),
+                "aad": [ctx.instance_id, ctx.binding_id]}
+        iam: dict[str, Any] = {"serviceid_crn": ctx.outputs.get("serviceid_crn")}
+        if ctx.outputs.get("serviceid_created"):
+            # A fresh key on every run: an earlier attempt's plaintext is gone (only its hash was kept).
+            apikey = secrets.token_urlsafe(32)
+            self.cloud.remove_all("api_key", ctx.instance_id, ctx.binding_id)
+            self.cloud.ensure("api_key", ctx.instance_id, ctx.binding_id, "active", {"sha256": _hash(apikey)})
+            iam["apikey"] = apikey
+        credentials["iam"] = iam
         return {"credentials": credentials}
+
+    # day-2 ----------------------------------------------------------------------------------------
+    def _check_replication(self, ctx: StepContext) -> Mapping[str, Any]:
+        group = self.cloud.get("volume_group", ctx.instance_id)
+        if group is None or group.state != "consistent_copying":
+            state = group.state if group else "missing"
+            raise PermanentBackendError(f"replication group is {state}, not consistent_copying")
+        return {}
+
+    def _start_rehearsal(self, ctx: StepContext) -> Mapping[str, Any]:
+        _, secondary = self._sites(ctx)
+        orch = self.cloud.get("orchestrator", ctx.instance_id)
+        vms = (orch.data.get("managed_vms") if orch else None) or []
+        self.cloud.ensure("rehearsal", ctx.instance_id, None, "active", {
+            "workspace_crn": secondary, "vms": [f"{vm}_DRTest" for vm in vms],
+            "volumes": [f"test_{v}" for v in ctx.parameters.get("protected_volumes") or []]})
+        return {}
+
+    def _verify_rehearsal(self, ctx: StepContext) -> Mapping[str, Any]:
+        if self.cloud.get("rehearsal", ctx.instance_id) is None:
+            raise PermanentBackendError("rehearsal resources are missing")
+        return {}
+
+    def _power(self, site: str, state: str) -> Action:
+        def act(ctx: StepContext) -> Mapping[str, Any]:
+            primary, _ = self._sites(ctx)
+            if site == "primary":
+                for vm in self.cloud.of_kind("pvm_instance", SEED_OWNER):
+                    if vm.data["workspace_crn"] == primary and vm.state != state:
+                        self.cloud.update(vm, state=state)
+            else:
+                for vm in self.cloud.of_kind("backup_vm", ctx.instance_id):
+                    self.cloud.update(vm, state=state)
+            return {}
+        return act
+
+    def _group_action(self, state: str, *, role: str | None = None, stop: bool = False,
+                      consistent: bool = False) -> Action:
+        def act(ctx: StepContext) -> Mapping[str, Any]:
+            group = self.cloud.get("volume_group", ctx.instance_id)
+            if group is None:
+                raise PermanentBackendError("the replication group does not exist")
+            now = self.clock()
+            data: dict[str, Any] = {}
+            if role:
+                data["primary_role"] = role
+            if stop:
+                data["freeze_time"] = self.replication_status(ctx.instance_id).freeze_time or now
+                data["consistent_since"] = None
+            if consistent:
+                data["consistent_since"] = now
+            self.cloud.update(group, state=state, data=data)
+            aux = self.cloud.get("auxiliary_volume_group", ctx.instance_id)
+            if aux is not None:
+                self.cloud.update(aux, state=state, data={k: v for k, v in data.items() if k == "primary_role"})
+            return {"dr_state": {"replication": state}}
+        return act

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker.domain.catalog import Plan
+from tests.conftest import GRS_PARAMS, OSB, SERVICE_ID
+
+PLAN_NAMES = ("grs-async", "ksys-managed", "ksys-managed-ha", "ksys-managed-byok", "rehearsal-only")
+ORCH = {"name": "ksys-prod", "password": "orchestrator-pass-42"}
+ENCRYPTION = {"key_ring_id": "dr-test", "rotation_interval_months": 3}
+
+
+def plan_id(runtime, name: str) -> str:
+    plan: Plan | None = runtime.catalog.find_plan(name)
+    assert plan is not None, name
+    return plan.id
+
+
+def params_for(name: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = dict(base or GRS_PARAMS)
+    if name != "grs-async":
+        params["orchestrator"] = dict(ORCH)
+    if name.endswith("byok"):
+        params["encryption"] = dict(ENCRYPTION)
+    return params
+
+
+class DR(OSB):
+    """OSB helper with the DR plans by name."""
+
+    def __init__(self, client, runtime) -> None:
+        super().__init__(client)
+        self.runtime = runtime
+
+    def pid(self, name: str) -> str:
+        return plan_id(self.runtime, name)
+
+    def provision_plan(self, iid: str, name: str, params: dict[str, Any] | None = None, **extra: Any):
+        return self.provision(iid, self.pid(name), params_for(name) if params is None else params, **extra)
+
+    def ready_plan(self, iid: str, name: str, params: dict[str, Any] | None = None) -> None:
+        r = self.provision_plan(iid, name, params)
+        assert r.status_code == 202, r.get_data(as_text=True)
+        result = self.wait(iid)
+        assert result["state"] == "succeeded", result
+
+    def action(self, iid: str, kind: str, mode: str | None = None, plan: str = "ksys-managed"):
+        action: dict[str, Any] = {"type": kind}
+        if mode:
+            action["mode"] = mode
+        return self.patch(f"/v2/service_instances/{iid}?accepts_incomplete=true",
+                          {"service_id": SERVICE_ID, "parameters": {"dr_action": action}})
+
+    def attributes(self, iid: str) -> dict[str, Any]:
+        r = self.get(f"/v2/service_instances/{iid}")
+        assert r.status_code == 200, r.get_data(as_text=True)
+        return r.json["metadata"]["attributes"]
+
+    def inventory(self, iid: str) -> list:
+        from broker.orchestrators.simulated.cloud import SimulatedCloud
+
+        return SimulatedCloud(self.runtime.store.engine).inventory(iid)
+
+
+@pytest.fixture
+def dr(client, worker) -> DR:
+    return DR(client, worker)
