@@ -75,7 +75,9 @@ def sim() -> None:
 
 @sim.command("inventory")
 @click.option("--json", "as_json", is_flag=True, help="JSON output")
-def sim_inventory(as_json: bool) -> None:
+@click.option("--all", "include_seed", is_flag=True,
+              help="also the customer's own resources (workspaces, pools, volumes, VMs) the broker never owns")
+def sim_inventory(as_json: bool, include_seed: bool) -> None:
     """List every simulated resource and the instance that owns it."""
     from broker.orchestrators.simulated.cloud import SimulatedCloud
     from broker.store import db as store_db
@@ -84,7 +86,7 @@ def sim_inventory(as_json: bool) -> None:
     engine = store_db.make_engine(settings.database_url)
     if not store_db.has_schema(engine):
         raise click.ClickException("no broker database here (set DRBROKER_DATABASE_URL)")
-    items = SimulatedCloud(engine).inventory()
+    items = SimulatedCloud(engine).inventory(include_seed=include_seed)
     if as_json:
         json.dump([{"id": r.id, "kind": r.kind, "name": r.name, "instance_id": r.instance_id,
                     "binding_id": r.binding_id, "state": r.state} for r in items], sys.stdout, indent=2)
@@ -94,7 +96,7 @@ def sim_inventory(as_json: bool) -> None:
         click.echo("no simulated resources")
         return
     for r in items:
-        owner = r.instance_id + (f" / {r.binding_id}" if r.binding_id else "")
+        owner = (r.instance_id or "(customer)") + (f" / {r.binding_id}" if r.binding_id else "")
         click.echo(f"{r.kind:24} {r.state:22} {r.id:48} {owner}")
 
 

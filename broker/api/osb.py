@@ -52,8 +52,11 @@ def _before() -> None:
 
 
 def caller() -> Caller:
+    # The request identity is echoed whole, but stored within its column (255 characters), which
+    # PostgreSQL enforces: an over-long header must not turn an accepted request into a 500.
+    ident = g.get("request_identity")
     return Caller(principal=g.get("principal"), originating_identity=g.get("originating_identity"),
-                  request_identity=g.get("request_identity"), base_url=request.host_url)
+                  request_identity=ident[:p.MAX_ID_LENGTH] if ident else None, base_url=request.host_url)
 
 
 def respond(result: Result) -> tuple[Response, int]:
