@@ -68,6 +68,31 @@ def catalog_validate(path: str | None) -> None:
     click.echo(f"{location}: valid ({len(cat.services)} service(s), {plans} plan(s))")
 
 
+@catalog.command("export")
+@click.option("--format", "fmt", type=click.Choice(["osb", "ibm-global-catalog"]), default="osb",
+              show_default=True)
+@click.option("--locations", default="us-south,us-east,eu-de,lon,syd,tok", show_default=True,
+              help="comma-separated deployment locations (ibm-global-catalog)")
+@click.option("--broker-name", default="powervs-dr-broker", show_default=True)
+@click.option("--broker-guid", default="", help="the broker's URL-encoded CRN from Partner Center")
+@click.argument("path", required=False)
+def catalog_export(fmt: str, locations: str, broker_name: str, broker_guid: str, path: str | None) -> None:
+    """Write the catalog as OSB JSON, or as the IBM Global Catalog entries Partner Center needs."""
+    from broker.services.catalog_export import ibm_global_catalog
+
+    try:
+        cat = load_catalog(path or Settings.from_env().catalog_path)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    if fmt == "osb":
+        doc: object = cat.document
+    else:
+        doc = ibm_global_catalog(cat, locations=[x.strip() for x in locations.split(",") if x.strip()],
+                                 broker_name=broker_name, broker_guid=broker_guid)
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
 @main.group()
 def sim() -> None:
     """The simulated PowerVS cloud."""
