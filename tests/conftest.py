@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,76 @@ def auth_header(user: str = USER, password: str = PASSWORD) -> str:
 
 
 HEADERS = {"X-Broker-API-Version": "2.17", "Authorization": auth_header()}
+
+
+# The PostgreSQL half of the store, workflow and end-to-end tests. CI must run it: there a missing server
+# is an error, elsewhere the tests are reported as skipped with the reason.
+PG_URL = os.environ.get("DRBROKER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_reason() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure to connect means "no server here"
+        return f"no PostgreSQL at {PG_URL} ({type(exc).__name__}: {exc})".splitlines()[0]
+
+
+_PG_REASON: list[str | None] = []
+
+
+def postgres_url_or_skip() -> str:
+    """A fresh schema on the test server (dropped at exit), as a URL whose search_path selects it."""
+    if not _PG_REASON:
+        _PG_REASON.append(_pg_reason())
+    reason = _PG_REASON[0]
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    plain = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    _SCHEMAS.append(schema)
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+_SCHEMAS: list[str] = []
+
+
+def drop_test_schemas() -> None:
+    if not _SCHEMAS:
+        return
+    import psycopg
+
+    with psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        for schema in _SCHEMAS:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    _SCHEMAS.clear()
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    drop_test_schemas()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: Any, tmp_path: Path) -> str:
+    """Both stores: a SQLite file, and a fresh PostgreSQL schema (migrated by the runtime or the test)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    url = postgres_url_or_skip()
+    from broker.store import db
+
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    return url
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

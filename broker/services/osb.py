@@ -167,6 +167,7 @@ class BrokerService:
         dashboard = self.dashboard_url(req.instance_id, req.caller)
         now = self.clock()
         with self.store.write() as tx:
+            tx.lock_instance(req.instance_id)
             existing = tx.get_instance(req.instance_id)
             if existing is not None and existing.state != InstanceState.GONE:
                 return self._repeat_provision(tx, existing, digest)
@@ -222,6 +223,7 @@ class BrokerService:
         digest = request_hash(plan_id=req.plan_id, parameters=req.parameters,
                               maintenance_version=req.maintenance_version)
         with self.store.write() as tx:
+            tx.lock_instance(req.instance_id)
             inst = tx.get_instance(req.instance_id)
             if inst is None or inst.state == InstanceState.GONE:
                 raise NotFound(f"instance {req.instance_id} does not exist")
@@ -309,6 +311,7 @@ class BrokerService:
     def deprovision(self, req: DeprovisionRequest) -> Result:
         self._service_plan(req.service_id, req.plan_id)
         with self.store.write() as tx:
+            tx.lock_instance(req.instance_id)
             inst = tx.get_instance(req.instance_id)
             if inst is None or inst.state == InstanceState.GONE:
                 raise Gone(f"instance {req.instance_id} does not exist")
@@ -461,6 +464,7 @@ class BrokerService:
                               bind_resource=req.bind_resource, app_guid=req.app_guid)
         now = self.clock()
         with self.store.write() as tx:
+            tx.lock_instance(req.instance_id)
             inst = tx.get_instance(req.instance_id)
             if inst is None or inst.state == InstanceState.GONE:
                 raise NotFound(f"instance {req.instance_id} does not exist")
@@ -542,6 +546,7 @@ class BrokerService:
     def unbind(self, req: UnbindRequest) -> Result:
         self._service_plan(req.service_id, req.plan_id)
         with self.store.write() as tx:
+            tx.lock_instance(req.instance_id)
             binding = tx.get_binding(req.instance_id, req.binding_id)
             if binding is None or binding.state == BindingState.GONE:
                 raise Gone(f"binding {req.binding_id} does not exist")
@@ -595,6 +600,7 @@ class BrokerService:
                            details: Mapping[str, Any] | None = None) -> None:
         now = self.clock()
         with self.store.write() as tx:
+            tx.lock_instance(instance_id)
             inst = tx.get_instance(instance_id)
             if inst is None or inst.state == InstanceState.GONE:
                 raise NotFound(f"instance {instance_id} does not exist")

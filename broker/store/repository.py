@@ -7,13 +7,14 @@ State transitions are guarded updates whose row count is checked (``update_opera
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from broker.domain.errors import Conflict
@@ -91,6 +92,17 @@ class Tx:
         if self._lock:
             stmt = stmt.with_for_update()
         return self.conn.execute(stmt).first()
+
+    def lock_instance(self, instance_id: str) -> None:
+        """Serialise writers deciding about one instance id, even before its row exists.
+
+        SQLite's BEGIN IMMEDIATE already serialises every writer. On PostgreSQL two requests for a new id
+        would both see no row and race to insert it; a transaction-scoped advisory lock on the id's hash
+        makes the second wait and then see the first one's row (so an identical repeat gets 202, not 409).
+        """
+        if self.conn.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(instance_id.encode()).digest()[:8], "big", signed=True)
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
     # instances ------------------------------------------------------------------------------------
     def get_instance(self, instance_id: str) -> Instance | None:

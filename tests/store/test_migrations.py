@@ -9,8 +9,8 @@ from broker.store import db
 from broker.store.tables import metadata
 
 
-def test_migrations_produce_exactly_the_tables_the_code_uses(tmp_path: Path) -> None:
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+def test_migrations_produce_exactly_the_tables_the_code_uses(db_url: str) -> None:
+    engine = db.make_engine(db_url)
     db.upgrade(engine)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -18,8 +18,8 @@ def test_migrations_produce_exactly_the_tables_the_code_uses(tmp_path: Path) -> 
     assert not db.needs_upgrade(engine)
 
 
-def test_upgrade_is_idempotent(tmp_path: Path) -> None:
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+def test_upgrade_is_idempotent(db_url: str) -> None:
+    engine = db.make_engine(db_url)
     db.upgrade(engine)
     db.upgrade(engine)
     assert db.current_revision(engine) == "0002"

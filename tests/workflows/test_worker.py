@@ -68,8 +68,8 @@ class CountingOrchestrator:
 
 
 @pytest.fixture
-def rt(tmp_path: Path):
-    runtime = build_runtime(make_settings(tmp_path))
+def rt(tmp_path: Path, db_url: str):
+    runtime = build_runtime(make_settings(tmp_path, database_url=db_url))
     yield runtime
     runtime.worker.stop(timeout=10)
 
@@ -87,8 +87,8 @@ def test_provision_runs_every_step_once_and_marks_instance_ready(rt: Runtime) ->
     assert inst.state == InstanceState.READY
 
 
-def test_two_workers_on_one_database_never_run_an_operation_twice(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, sim_step_seconds=0.005)
+def test_two_workers_on_one_database_never_run_an_operation_twice(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, database_url=db_url, sim_step_seconds=0.005)
     a, b = build_runtime(settings), build_runtime(settings)
     counters = []
     for runtime in (a, b):
@@ -139,8 +139,9 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(rt: Runtime)
     assert rt.worker.claim_next() == op_id
 
 
-def test_stop_finishes_the_running_step_releases_the_lease_and_another_worker_resumes(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, sim_step_seconds=0.3)
+def test_stop_finishes_the_running_step_releases_the_lease_and_another_worker_resumes(
+        tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, database_url=db_url, sim_step_seconds=0.3)
     first = build_runtime(settings)
     op_id = _provision(first, "i-stop")
     first.worker.start()
@@ -159,7 +160,7 @@ def test_stop_finishes_the_running_step_releases_the_lease_and_another_worker_re
     assert all(s.state == "done" for s in steps), "the running step must finish before stopping"
     assert op.step_index == len(steps)
 
-    second = build_runtime(make_settings(tmp_path, sim_step_seconds=0.0))
+    second = build_runtime(make_settings(tmp_path, database_url=db_url, sim_step_seconds=0.0))
     second.worker.start()
     try:
         assert _wait_op(second, op_id).state == OperationState.SUCCEEDED
@@ -170,8 +171,9 @@ def test_stop_finishes_the_running_step_releases_the_lease_and_another_worker_re
     assert all(s.attempts == 1 for s in steps)
 
 
-def test_transient_faults_are_retried_until_the_step_succeeds(tmp_path: Path) -> None:
-    rt = build_runtime(make_settings(tmp_path, sim_faults="create_replication_group=transient:2"))
+def test_transient_faults_are_retried_until_the_step_succeeds(tmp_path: Path, db_url: str) -> None:
+    rt = build_runtime(make_settings(tmp_path, database_url=db_url,
+                                     sim_faults="create_replication_group=transient:2"))
     op_id = _provision(rt, "i-transient")
     rt.worker.start()
     try:
@@ -184,8 +186,8 @@ def test_transient_faults_are_retried_until_the_step_succeeds(tmp_path: Path) ->
     assert step.attempts == 3
 
 
-def test_throttling_is_retried(tmp_path: Path) -> None:
-    rt = build_runtime(make_settings(tmp_path, sim_faults="enable_replication=throttle:1"))
+def test_throttling_is_retried(tmp_path: Path, db_url: str) -> None:
+    rt = build_runtime(make_settings(tmp_path, database_url=db_url, sim_faults="enable_replication=throttle:1"))
     op_id = _provision(rt, "i-throttle")
     rt.worker.start()
     try:
@@ -194,8 +196,8 @@ def test_throttling_is_retried(tmp_path: Path) -> None:
         rt.worker.stop(10)
 
 
-def test_permanent_fault_fails_and_compensates_everything_it_created(tmp_path: Path) -> None:
-    rt = build_runtime(make_settings(tmp_path, sim_faults="onboard_auxiliary_volumes=fail"))
+def test_permanent_fault_fails_and_compensates_everything_it_created(tmp_path: Path, db_url: str) -> None:
+    rt = build_runtime(make_settings(tmp_path, database_url=db_url, sim_faults="onboard_auxiliary_volumes=fail"))
     op_id = _provision(rt, "i-perm")
     rt.worker.start()
     try:
@@ -211,8 +213,8 @@ def test_permanent_fault_fails_and_compensates_everything_it_created(tmp_path: P
         assert tx.get_instance("i-perm").state == InstanceState.FAILED
 
 
-def test_transient_fault_that_never_clears_fails_after_bounded_retries(tmp_path: Path) -> None:
-    rt = build_runtime(make_settings(tmp_path, sim_faults="create_dr_policy=transient:100"))
+def test_transient_fault_that_never_clears_fails_after_bounded_retries(tmp_path: Path, db_url: str) -> None:
+    rt = build_runtime(make_settings(tmp_path, database_url=db_url, sim_faults="create_dr_policy=transient:100"))
     rt.engine.retry = type(rt.engine.retry)(attempts=3, initial=0.01, maximum=0.02)
     op_id = _provision(rt, "i-bounded")
     rt.worker.start()
