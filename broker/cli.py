@@ -125,5 +125,14 @@ def sim_inventory(as_json: bool, include_seed: bool) -> None:
         click.echo(f"{r.kind:24} {r.state:22} {r.id:48} {owner}")
 
 
+def _register_client() -> None:
+    from broker.client.commands import client
+
+    main.add_command(client)
+
+
+_register_client()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

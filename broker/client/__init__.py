@@ -1,0 +1,1 @@
+"""``drbroker client``: an OSB client for any broker (this one or another)."""
