@@ -7,23 +7,36 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from broker.api import dashboard, health, ibm, osb
+from broker.api import audit as api_audit
+from broker.api import dashboard, health, ibm, metrics, openapi, osb
 from broker.api.errors import body_for, status_for
 from broker.api.rawpath import RawPathMiddleware
 from broker.config import Settings
 from broker.domain.catalog import Catalog, load_catalog
 from broker.domain.errors import BrokerError, PayloadTooLarge, Unauthorized
 from broker.domain.protocols import Orchestrator
-from broker.security.basic import BasicAuthenticator, BasicCredentials, load_or_create_credentials
+from broker.security import redaction
+from broker.security.audit import AuditTrail
+from broker.security.basic import (
+    BasicAuthenticator,
+    BasicCredentials,
+    CredentialsError,
+    load_or_create_credentials,
+    read_credentials_file,
+)
+from broker.security.bearer import BearerCrnAuthenticator
+from broker.security.envelope import Envelope, LocalKeyFile, SecretsError
 from broker.services.osb import BrokerService
 from broker.store import db
 from broker.store.repository import Store
 from broker.workflows.engine import Engine
+from broker.workflows.rpo_sampler import RpoSampler
 from broker.workflows.worker import Worker
 
 log = logging.getLogger("drbroker")
@@ -43,16 +56,32 @@ class Runtime:
     worker: Worker
     service: BrokerService
     authenticators: list[Any] = field(default_factory=list)
-    generated_credentials: BasicCredentials | None = None
+    audit: AuditTrail | None = None
+    # Hourly usage records for paid plans (ibmcloud backend with DRBROKER_METERING_RESOURCE_ID); started with
+    # the operation worker in each serving process.
+    meter: Any = None
+    # Samples each ready instance's achieved RPO for the dashboard; started with the operation worker.
+    rpo_sampler: Any = None
+    # Set only when this start created the generated credentials file: the password, to print once.
+    generated_password: str | None = None
+    generated_username: str | None = None
 
     def authenticate(self) -> None:
+        """Set ``g.principal`` or raise: no (usable) credentials -> 401, a bad bearer token -> 403."""
         header = request.headers.get("Authorization")
         for auth in self.authenticators:
             principal = auth.authenticate(header)
             if principal:
                 g.principal = principal
                 return
-        raise Unauthorized("authentication required" if not header else "invalid credentials")
+        if not header:
+            raise Unauthorized("authentication required")
+        schemes = " or ".join(a.scheme for a in self.authenticators)
+        raise Unauthorized(f"authentication required: this broker accepts {schemes} credentials")
+
+    @property
+    def challenges(self) -> str:
+        return ", ".join(a.challenge for a in self.authenticators) or 'Basic realm="drbroker"'
 
 
 def make_orchestrator(settings: Settings, store: Store) -> Orchestrator:
@@ -61,8 +90,67 @@ def make_orchestrator(settings: Settings, store: Store) -> Orchestrator:
 
         return SimulatedOrchestrator(store.engine, step_seconds=settings.sim_step_seconds,
                                      faults=settings.sim_faults)
+    if settings.orchestrator == "ibmcloud":
+        from broker.orchestrators.ibmcloud.config import IbmCloudConfig
+        from broker.orchestrators.ibmcloud.orchestrator import IbmCloudOrchestrator
+
+        return IbmCloudOrchestrator(IbmCloudConfig.from_env(settings.ibmcloud_env), store, audit=AuditTrail(store))
     raise SystemExit(f"DRBROKER_ORCHESTRATOR={settings.orchestrator!r} is not available "
-                     "(choose: simulated)")
+                     "(choose: simulated, ibmcloud)")
+
+
+def make_envelope(settings: Settings) -> Envelope:
+    """The envelope encryption of secrets at rest, with the configured key-encryption key."""
+    if settings.kek == "local":
+        try:
+            return Envelope(LocalKeyFile(settings.kek_path))
+        except SecretsError as exc:
+            raise SystemExit(f"DRBROKER_KEK_FILE: {exc}") from None
+    if settings.kek == "keyprotect":
+        from broker.security.keyprotect import KeyProtectKEK
+
+        missing = [name for name, value in (("DRBROKER_KEK_INSTANCE_ID", settings.kek_instance_id),
+                                            ("DRBROKER_KEK_ROOT_KEY_ID", settings.kek_root_key_id),
+                                            ("DRBROKER_KEK_APIKEY", settings.kek_apikey)) if not value]
+        if missing:
+            raise SystemExit(f"DRBROKER_KEK=keyprotect needs {', '.join(missing)}")
+        assert settings.kek_instance_id and settings.kek_root_key_id and settings.kek_apikey
+        redaction.register_secret(settings.kek_apikey)
+        return Envelope(KeyProtectKEK(url=settings.kek_keyprotect_url, instance_id=settings.kek_instance_id,
+                                      root_key_id=settings.kek_root_key_id, apikey=settings.kek_apikey,
+                                      iam_url=settings.iam_url))
+    raise SystemExit(f"DRBROKER_KEK={settings.kek!r} is not available (choose: local, keyprotect)")
+
+
+def make_authenticators(settings: Settings, runtime: Runtime) -> list[Any]:
+    authenticators: list[Any] = []
+    unknown = set(settings.auth) - {"basic", "bearer-crn"}
+    if unknown or not settings.auth:
+        raise SystemExit(f"DRBROKER_AUTH: unknown scheme(s) {', '.join(sorted(unknown)) or '(none)'} "
+                         "(choose: basic, bearer-crn, or both comma-separated)")
+    if "basic" in settings.auth:
+        creds: list[BasicCredentials] = []
+        if settings.username and settings.password:
+            creds.append(BasicCredentials.from_plaintext(settings.username, settings.password))
+            redaction.register_secret(settings.password)
+        if settings.credentials_file:
+            try:
+                creds.extend(read_credentials_file(Path(settings.credentials_file)))
+            except CredentialsError as exc:
+                raise SystemExit(f"DRBROKER_CREDENTIALS_FILE: {exc}") from None
+        if not creds:
+            try:
+                generated, password = load_or_create_credentials(settings.state_dir)
+            except (CredentialsError, ValueError) as exc:
+                raise SystemExit(f"generated credentials: {exc}") from None
+            creds.append(generated)
+            runtime.generated_username, runtime.generated_password = generated.username, password
+        authenticators.append(BasicAuthenticator(*creds))
+    if "bearer-crn" in settings.auth:
+        if not settings.broker_crn:
+            raise SystemExit("DRBROKER_AUTH=bearer-crn needs DRBROKER_BROKER_CRN (this broker's CRN)")
+        authenticators.append(BearerCrnAuthenticator(iam_url=settings.iam_url, broker_crn=settings.broker_crn))
+    return authenticators
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -72,7 +160,7 @@ def build_runtime(settings: Settings) -> Runtime:
         db.upgrade(engine)
     elif db.needs_upgrade(engine):
         raise SystemExit("the database schema is not current: run `drbroker db upgrade`")
-    store = Store(engine)
+    store = Store(engine, sealer=make_envelope(settings))
     orchestrator = make_orchestrator(settings, store)
     wf_engine = Engine(store, catalog, orchestrator)
     worker = Worker(store, wf_engine, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
@@ -81,18 +169,26 @@ def build_runtime(settings: Settings) -> Runtime:
                             sync_bind_timeout=settings.sync_bind_timeout,
                             account_instance_limit=settings.account_instance_limit)
     runtime = Runtime(settings=settings, store=store, catalog=catalog, orchestrator=orchestrator,
-                      engine=wf_engine, worker=worker, service=service)
-    if "basic" in settings.auth:
-        if settings.username and settings.password:
-            creds = BasicCredentials(settings.username, settings.password)
-        else:
-            creds, _created = load_or_create_credentials(settings.state_dir)
-            runtime.generated_credentials = creds
-        runtime.authenticators.append(BasicAuthenticator(creds))
-    unknown = set(settings.auth) - {"basic"}
-    if unknown:
-        raise SystemExit(f"DRBROKER_AUTH: unknown scheme(s) {', '.join(sorted(unknown))} (choose: basic)")
+                      engine=wf_engine, worker=worker, service=service, audit=AuditTrail(store))
+    runtime.authenticators = make_authenticators(settings, runtime)
+    runtime.meter = make_meter(settings, runtime)
+    runtime.rpo_sampler = RpoSampler(store, orchestrator, interval=settings.rpo_sample_seconds)
+    wf_engine.observer = metrics.MetricsObserver()
     return runtime
+
+
+def make_meter(settings: Settings, runtime: Runtime) -> Any:
+    """The usage meter, when the ibmcloud backend has a metering resource id (else None)."""
+    if settings.orchestrator != "ibmcloud":
+        return None
+    from broker.orchestrators.ibmcloud.metering import UsageMeter
+
+    config = runtime.orchestrator.config  # type: ignore[attr-defined]
+    if not config.metering_resource_id:
+        return None
+    return UsageMeter(runtime.store, runtime.catalog, runtime.orchestrator.auth,  # type: ignore[attr-defined]
+                      config.endpoints.url("metering"), config.metering_resource_id, region=config.region,
+                      interval=config.metering_interval_seconds, hour_seconds=config.metering_hour_seconds)
 
 
 def _error_response(error: BrokerError) -> tuple[Response, int] | Response:
@@ -100,7 +196,8 @@ def _error_response(error: BrokerError) -> tuple[Response, int] | Response:
     response = jsonify(body_for(error, allow_usable_flags=request.endpoint in _USABLE_FLAG_ENDPOINTS))
     response.status_code = status
     if status == 401:
-        response.headers["WWW-Authenticate"] = 'Basic realm="drbroker"'
+        runtime = current_app.extensions.get("drbroker")
+        response.headers["WWW-Authenticate"] = runtime.challenges if runtime else 'Basic realm="drbroker"'
     return response
 
 
@@ -126,12 +223,18 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             if len(data) >= MAX_BODY_BYTES and request.environ["wsgi.input"].read(1):
                 raise PayloadTooLarge(f"body: larger than {MAX_BODY_BYTES} bytes")
 
+    app.before_request(metrics.before_request)
+    app.after_request(metrics.after_request)
+
     @app.after_request
     def _echo(response: Response) -> Response:
         ident = g.get("request_identity")
         if ident:
             response.headers["X-Broker-API-Request-Identity"] = ident
         return response
+
+    # Every mutating request, refused ones included, appends a record to the hash-chained audit trail.
+    app.after_request(api_audit.record)
 
     @app.errorhandler(BrokerError)
     def _broker_error(error: BrokerError) -> Any:
@@ -157,7 +260,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         response.status_code = 500
         return response
 
-    for blueprint in (health.bp, osb.bp, ibm.bp, dashboard.bp):
+    for blueprint in (health.bp, osb.bp, ibm.bp, dashboard.bp, openapi.bp, metrics.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = RawPathMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     return app

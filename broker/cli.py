@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -22,15 +23,39 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn worker processes")
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False),
+              help="serve HTTPS (TLS 1.2 or newer) with this PEM certificate (chain)")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="the certificate's PEM private key")
+def serve(host: str, port: int, workers: int, certfile: str | None, keyfile: str | None) -> None:
     """Serve the broker (gunicorn) with the operation worker."""
+    _prepare_metrics_dir()
     from broker.server import serve as run
 
+    if bool(certfile) != bool(keyfile):
+        raise click.UsageError("--certfile and --keyfile go together")
     settings = Settings.from_env()
     try:
-        run(settings, host, port, workers)
+        run(settings, host, port, workers, certfile=certfile, keyfile=keyfile)
     except CatalogError as exc:
         raise click.ClickException(f"catalog: {exc}") from None
+
+
+def _prepare_metrics_dir() -> None:
+    """prometheus-client's multiprocess mode reads its directory when first imported: set it up before."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="drbroker-metrics-")
+    path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if path.exists():
+        for child in path.iterdir():  # values of an earlier run are not this run's
+            if child.is_file():
+                child.unlink()
+            else:
+                shutil.rmtree(child, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
 
 
 @main.group()
@@ -94,6 +119,27 @@ def catalog_export(fmt: str, locations: str, broker_name: str, broker_guid: str,
 
 
 @main.group()
+def dashboard() -> None:
+    """The DR dashboard."""
+
+
+@dashboard.command("link")
+@click.argument("instance_id")
+@click.option("--ttl", default=3600, show_default=True, type=int, help="seconds the link stays valid")
+@click.option("--base-url", help="the broker's external URL (default DRBROKER_PUBLIC_URL)")
+def dashboard_link(instance_id: str, ttl: int, base_url: str | None) -> None:
+    """Print a signed link that opens one instance's dashboard until it expires."""
+    from broker.security.links import load_or_create_secret, signed_url
+
+    settings = Settings.from_env()
+    base = base_url or settings.public_url
+    if not base:
+        raise click.UsageError("--base-url (or DRBROKER_PUBLIC_URL) is required")
+    secret = load_or_create_secret(settings.state_dir, settings.dashboard_secret)
+    click.echo(signed_url(base, secret, instance_id, ttl))
+
+
+@main.group()
 def sim() -> None:
     """The simulated PowerVS cloud."""
 
@@ -123,6 +169,34 @@ def sim_inventory(as_json: bool, include_seed: bool) -> None:
     for r in items:
         owner = (r.instance_id or "(customer)") + (f" / {r.binding_id}" if r.binding_id else "")
         click.echo(f"{r.kind:24} {r.state:22} {r.id:48} {owner}")
+
+
+def _register_fake_ibmcloud() -> None:
+    from broker.fakecloud.cli import fake_ibmcloud
+
+    main.add_command(fake_ibmcloud)
+
+
+_register_fake_ibmcloud()
+
+
+def _register_security_commands() -> None:
+    from broker.cli_security import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_security_commands()
+
+
+def _add_operations() -> None:
+    from broker.cli_operations import operations
+
+    main.add_command(operations)
+
+
+_add_operations()
 
 
 def _register_client() -> None:

@@ -44,6 +44,24 @@ class Settings:
     sync_bind_timeout: float = 60.0
     worker_threads: int = 2
     account_instance_limit: int = 20
+    rpo_sample_seconds: float = 60.0
+    dashboard_secret: str | None = None
+    metrics_public: bool = False
+    # Authentication (README: "Authentication"): IBM IAM for bearer-crn, extra basic credential pairs.
+    iam_url: str = "https://iam.cloud.ibm.com"
+    broker_crn: str | None = None
+    credentials_file: str | None = None
+    # Secrets at rest (README: "Secrets at rest"): the key-encryption key.
+    kek: str = "local"
+    kek_file: str | None = None
+    # DRBROKER_KEK=keyprotect: a Key Protect root key (URL, instance GUID, root key id, API key for IAM).
+    kek_keyprotect_url: str = "https://us-south.kms.cloud.ibm.com"
+    kek_instance_id: str | None = None
+    kek_root_key_id: str | None = None
+    kek_apikey: str | None = None
+    # The ibmcloud backend (README: "Running against IBM Cloud"): every DRBROKER_IBMCLOUD_* and
+    # DRBROKER_METERING_* variable, read by broker.orchestrators.ibmcloud.config.
+    ibmcloud_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -64,8 +82,27 @@ class Settings:
             sync_bind_timeout=_float(env, "DRBROKER_SYNC_BIND_TIMEOUT", 60.0),
             worker_threads=int(_float(env, "DRBROKER_WORKER_THREADS", 2)),
             account_instance_limit=int(_float(env, "DRBROKER_ACCOUNT_INSTANCE_LIMIT", 20)),
+            rpo_sample_seconds=_float(env, "DRBROKER_RPO_SAMPLE_SECONDS", 60.0),
+            dashboard_secret=env.get("DRBROKER_DASHBOARD_SECRET") or None,
+            metrics_public=(env.get("DRBROKER_METRICS_PUBLIC") or "").lower() in ("1", "true", "yes"),
+            iam_url=(env.get("DRBROKER_IAM_URL") or "https://iam.cloud.ibm.com").rstrip("/"),
+            broker_crn=env.get("DRBROKER_BROKER_CRN") or None,
+            credentials_file=env.get("DRBROKER_CREDENTIALS_FILE") or None,
+            kek=(env.get("DRBROKER_KEK") or "local").strip().lower(),
+            kek_file=env.get("DRBROKER_KEK_FILE") or None,
+            kek_keyprotect_url=env.get("DRBROKER_KEK_KEYPROTECT_URL") or "https://us-south.kms.cloud.ibm.com",
+            kek_instance_id=env.get("DRBROKER_KEK_INSTANCE_ID") or None,
+            kek_root_key_id=env.get("DRBROKER_KEK_ROOT_KEY_ID") or None,
+            kek_apikey=env.get("DRBROKER_KEK_APIKEY") or env.get("DRBROKER_IBMCLOUD_APIKEY") or None,
+            ibmcloud_env={k: v for k, v in env.items()
+                          if k.startswith(("DRBROKER_IBMCLOUD_", "DRBROKER_METERING_"))},
         )
         return replace(settings, **overrides)
+
+    @property
+    def kek_path(self) -> Path:
+        """The local key file (``DRBROKER_KEK=local``): ``DRBROKER_KEK_FILE`` or ``kek.json`` in the state dir."""
+        return Path(self.kek_file) if self.kek_file else self.state_dir / "kek.json"
 
     @property
     def state_dir(self) -> Path:

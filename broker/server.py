@@ -8,13 +8,17 @@ replica) resumes at once.
 from __future__ import annotations
 
 import logging
+import signal
+import ssl
 import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
 
 from broker.app import Runtime, build_runtime, create_app
 from broker.config import Settings
+from broker.security import redaction
 
 log = logging.getLogger("drbroker")
 
@@ -22,6 +26,27 @@ log = logging.getLogger("drbroker")
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    # Even at DEBUG: SQLAlchemy would log every statement (its logger follows the root level), and
+    # openbrokerapi's blueprint dumps request headers and bodies at DEBUG. Neither is used that way here;
+    # pin both anyway, and scrub whatever reaches a handler (broker.security.redaction).
+    for name in ("sqlalchemy.engine", "sqlalchemy.pool", "openbrokerapi"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    redaction.install()
+
+
+class RedactingGunicornLogger(GunicornLogger):
+    """gunicorn's logger with the redaction filter on its own handlers (they do not go through the root)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        redaction.install(self.error_log, self.access_log)
+
+
+def _tls_context(_config: Any, default_factory: Any) -> ssl.SSLContext:
+    """gunicorn's SSL context (certificate, key, ciphers), refusing anything older than TLS 1.2."""
+    context = default_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def _runtime(worker: Any) -> Runtime:
@@ -30,7 +55,22 @@ def _runtime(worker: Any) -> Runtime:
 
 
 def _post_worker_init(worker: Any) -> None:
-    _runtime(worker).worker.start()
+    runtime = _runtime(worker)
+    runtime.worker.start()
+    if runtime.meter is not None:
+        runtime.meter.start()
+    runtime.rpo_sampler.start()
+    # On SIGTERM gunicorn stops accepting and lets requests in flight finish; the operation worker must stop
+    # at its next step boundary now, not only after that drain (worker_exit), or it starts new steps while
+    # draining and may be killed in the middle of one when graceful_timeout runs out.
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def _on_sigterm(signum: int, frame: Any) -> None:
+        runtime.worker.request_stop()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _worker_exit(_server: Any, worker: Any) -> None:
@@ -39,7 +79,20 @@ def _worker_exit(_server: Any, worker: Any) -> None:
     except (AttributeError, KeyError):
         return
     runtime.worker.stop(timeout=25)
+    if runtime.meter is not None:
+        runtime.meter.stop()
+    runtime.rpo_sampler.stop()
     runtime.store.engine.dispose()
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    """A dead worker's live-gauge files must not count any more (prometheus-client multiprocess mode)."""
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 class BrokerServer(BaseApplication):
@@ -56,13 +109,15 @@ class BrokerServer(BaseApplication):
             "keepalive": 5,
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
+            "child_exit": _child_exit,
             "accesslog": None,
             # gunicorn >= 24 opens a control socket at a fixed per-user path; two brokers would collide.
             "control_socket_disable": True,
             "loglevel": settings.log_level.lower(),
+            "logger_class": RedactingGunicornLogger,
         }
         if certfile and keyfile:
-            self.options.update(certfile=certfile, keyfile=keyfile)
+            self.options.update(certfile=certfile, keyfile=keyfile, ssl_context=_tls_context)
         super().__init__()
 
     def load_config(self) -> None:
@@ -75,18 +130,24 @@ class BrokerServer(BaseApplication):
         return create_app(self.settings)
 
 
-def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
+def serve(settings: Settings, host: str, port: int, workers: int = 1, *, certfile: str | None = None,
+          keyfile: str | None = None) -> None:
     configure_logging(settings.log_level)
     # Fail fast in the master: a broken catalog or database stops start-up with a clear message, and
     # migrations run once rather than racing in every worker.
     runtime = build_runtime(settings)
     log.warning("orchestrator: %s", runtime.orchestrator.describe())
-    if runtime.generated_credentials is not None:
-        creds = runtime.generated_credentials
-        path = settings.state_dir / "credentials.json"
-        print(f"drbroker: basic-auth credentials (generated, stored in {path}):\n"
-              f"  username: {creds.username}\n  password: {creds.password}", flush=True)
-    print(f"drbroker: serving OSB 2.12-2.17 on http://{host}:{port} "
+    path = settings.state_dir / "credentials.json"
+    if runtime.generated_password is not None:
+        # Printed this once: the file keeps only its scrypt hash.
+        print(f"drbroker: basic-auth credentials (generated now; {path} keeps only a hash of the password, "
+              f"so note it):\n  username: {runtime.generated_username}\n  password: {runtime.generated_password}",
+              flush=True)
+    elif runtime.generated_username is not None:
+        print(f"drbroker: basic-auth user {runtime.generated_username!r} (password printed when {path} was "
+              "created; delete that file and restart for a new one)", flush=True)
+    scheme = "https" if certfile and keyfile else "http"
+    print(f"drbroker: serving OSB 2.12-2.17 on {scheme}://{host}:{port} "
           f"({workers} worker process{'es' if workers > 1 else ''})", flush=True)
     runtime.store.engine.dispose()
-    BrokerServer(settings, host, port, workers).run()
+    BrokerServer(settings, host, port, workers, certfile=certfile, keyfile=keyfile).run()

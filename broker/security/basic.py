@@ -1,57 +1,200 @@
-"""HTTP basic authentication with constant-time comparison, and the generated default credentials."""
+"""HTTP basic authentication against scrypt hashes, and the generated default credentials.
+
+Passwords are never kept in plaintext: configured ones (``DRBROKER_PASSWORD``, ``DRBROKER_CREDENTIALS_FILE``)
+are hashed when the broker starts, files may hold hashes only (``drbroker credentials hash``), and the
+generated ``credentials.json`` holds the hash of a password printed once, when it is created.
+
+A hash is ``scrypt$<n>$<r>$<p>$<salt b64>$<key b64>``; checks derive the key from the offered password and
+compare with ``hmac.compare_digest``. A successful check is remembered (keyed by an HMAC of the header under
+a per-process random key, never the header itself) for a few minutes, so a platform polling
+``last_operation`` does not pay one scrypt per request; failures are never remembered.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import os
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker.domain.errors import Unauthorized
 
 CREDENTIALS_FILE = "credentials.json"
 
+# scrypt cost: n=2**14, r=8 is 16 MiB and tens of milliseconds per check; stored with each hash.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_MAXMEM = 256 * 1024 * 1024
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
+class CredentialsError(Exception):
+    """A credentials file or hash that cannot be used (the message names the file, never a password)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    salt = os.urandom(16)
+    key = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=_MAXMEM)
+    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(key)}"
+
+
+@dataclass(frozen=True)
+class PasswordHash:
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    key: bytes
+
+    @classmethod
+    def parse(cls, encoded: str) -> PasswordHash:
+        try:
+            scheme, n, r, p, salt, key = encoded.split("$")
+            if scheme != "scrypt":
+                raise ValueError
+            parsed = cls(int(n), int(r), int(p), base64.b64decode(salt, validate=True),
+                         base64.b64decode(key, validate=True))
+        except (ValueError, binascii.Error):
+            raise CredentialsError("not a password hash of the form scrypt$n$r$p$salt$key") from None
+        if parsed.n < 2 or parsed.n & (parsed.n - 1) or not parsed.salt or len(parsed.key) < 16:
+            raise CredentialsError("not a password hash of the form scrypt$n$r$p$salt$key")
+        return parsed
+
+    def derive(self, password: str) -> bytes:
+        return hashlib.scrypt(password.encode("utf-8"), salt=self.salt, n=self.n, r=self.r, p=self.p,
+                              dklen=len(self.key), maxmem=_MAXMEM)
+
+    def matches(self, password: str) -> bool:
+        return hmac.compare_digest(self.derive(password), self.key)
+
 
 @dataclass(frozen=True)
 class BasicCredentials:
+    """One username and the hash of its password."""
+
     username: str
-    password: str
+    password_hash: str
+
+    @classmethod
+    def from_plaintext(cls, username: str, password: str) -> BasicCredentials:
+        return cls(username, _hash_once(username, password))
 
 
-def load_or_create_credentials(state_dir: Path) -> tuple[BasicCredentials, bool]:
-    """Read the generated credentials beside the database, creating them (mode 0600) the first time.
+# Building several runtimes in one process (tests, gunicorn's master and workers) with the same configured
+# password reuses its hash instead of paying scrypt again; keyed by an HMAC, so no password is kept here.
+_HASHED: dict[bytes, str] = {}
+_HASHED_LOCK = threading.Lock()
 
-    Returns the credentials and whether they were created now.
-    """
-    path = state_dir / CREDENTIALS_FILE
-    if path.exists():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return BasicCredentials(data["username"], data["password"]), False
-    state_dir.mkdir(parents=True, exist_ok=True)
-    creds = BasicCredentials("broker", secrets.token_urlsafe(24))
-    # O_EXCL: two processes starting at once must not both write (and print) different passwords.
+
+def _hash_once(username: str, password: str) -> str:
+    key = hmac.new(_PROCESS_KEY, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+    with _HASHED_LOCK:
+        if key not in _HASHED:
+            _HASHED[key] = hash_password(password)
+        return _HASHED[key]
+
+
+def _write_new(path: Path, doc: dict[str, Any]) -> bool:
+    """Create ``path`` with mode 0600; False when it exists already (another process won)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return load_or_create_credentials(state_dir)
+        return False
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"username": creds.username, "password": creds.password}, fh)
-    return creds, True
+        json.dump(doc, fh)
+    return True
+
+
+def load_or_create_credentials(state_dir: Path) -> tuple[BasicCredentials, str | None]:
+    """The generated credentials beside the database, created (mode 0600, password hashed) the first time.
+
+    Returns the credentials and, only when they were created now, the plaintext password (to print once).
+    """
+    path = state_dir / CREDENTIALS_FILE
+    if path.exists():
+        (creds,) = read_credentials_file(path)
+        return creds, None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    creds = BasicCredentials("broker", hash_password(password))
+    # O_EXCL: two processes starting at once must not both write (and print) different passwords.
+    if not _write_new(path, {"username": creds.username, "password_hash": creds.password_hash}):
+        return load_or_create_credentials(state_dir)
+    return creds, password
+
+
+def read_credentials_file(path: Path) -> list[BasicCredentials]:
+    """Credential pairs from a JSON file: one object or a list of them, each ``{"username", "password_hash"}``
+    (or ``"password"``, hashed now; kept working for files written before hashes)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CredentialsError(f"{path}: cannot read it as JSON ({type(exc).__name__})") from None
+    entries = doc if isinstance(doc, list) else [doc]
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: entry {i + 1}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("username"), str) or not entry["username"]:
+            raise CredentialsError(f"{where}: needs a non-empty username")
+        if isinstance(entry.get("password_hash"), str):
+            try:
+                PasswordHash.parse(entry["password_hash"])
+            except CredentialsError as exc:
+                raise CredentialsError(f"{where}: password_hash is {exc}") from None
+            out.append(BasicCredentials(entry["username"], entry["password_hash"]))
+        elif isinstance(entry.get("password"), str) and entry["password"]:
+            out.append(BasicCredentials.from_plaintext(entry["username"], entry["password"]))
+        else:
+            raise CredentialsError(f"{where}: needs password_hash (or password)")
+    if not out:
+        raise CredentialsError(f"{path}: holds no credentials")
+    return out
+
+
+_DECOY: list[tuple[str, PasswordHash]] = []
+
+
+def _decoy() -> tuple[str, PasswordHash]:
+    # A username that matches nothing is still checked against a hash of the same cost, so the timing does
+    # not tell which usernames exist.
+    with _HASHED_LOCK:
+        if not _DECOY:
+            encoded = hash_password(secrets.token_urlsafe(16))
+            _DECOY.append((encoded, PasswordHash.parse(encoded)))
+        return _DECOY[0]
+
+
+# Successful checks, process-wide: HMAC(process key, password hash + password) -> expiry.
+_VERIFIED: OrderedDict[bytes, float] = OrderedDict()
+_VERIFIED_SIZE = 1024
+_VERIFIED_SECONDS = 300.0
 
 
 class BasicAuthenticator:
     scheme = "basic"
+    challenge = 'Basic realm="drbroker"'
 
     def __init__(self, *credentials: BasicCredentials) -> None:
-        self._credentials = credentials
+        if not credentials:
+            raise ValueError("basic authentication needs at least one credential pair")
+        self._entries = [(hashlib.sha256(c.username.encode()).digest(), c.username, c.password_hash,
+                          PasswordHash.parse(c.password_hash)) for c in credentials]
 
     def authenticate(self, authorization: str | None) -> str | None:
         """Return the principal for valid credentials, None when the header is not basic auth."""
-        if not authorization or not authorization.lower().startswith("basic "):
+        if not authorization or authorization[:6].lower() != "basic ":
             return None
         try:
             decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
@@ -60,12 +203,25 @@ class BasicAuthenticator:
         user, sep, password = decoded.partition(":")
         if not sep:
             raise Unauthorized("malformed basic credentials")
-        ok = False
-        for cred in self._credentials:
-            # Compare both parts every time so the timing does not reveal which one was wrong.
-            user_ok = hmac.compare_digest(user.encode(), cred.username.encode())
-            pass_ok = hmac.compare_digest(password.encode(), cred.password.encode())
-            ok |= user_ok and pass_ok
+        user_digest = hashlib.sha256(user.encode()).digest()
+        # Compare the username with every entry (digests: equal lengths, constant time), then check the
+        # password once, against the matching entry's hash or the decoy's.
+        (encoded, candidate), name = _decoy(), None
+        for digest, username, entry_encoded, entry_hash in self._entries:
+            if hmac.compare_digest(user_digest, digest) and name is None:
+                encoded, candidate, name = entry_encoded, entry_hash, username
+        cache_key = hmac.new(_PROCESS_KEY, f"{encoded}\0{password}".encode(), hashlib.sha256).digest()
+        now = time.monotonic()
+        with _HASHED_LOCK:
+            expiry = _VERIFIED.get(cache_key)
+        ok = expiry is not None and expiry > now
         if not ok:
+            ok = candidate.matches(password)
+        if not ok or name is None:
             raise Unauthorized("invalid credentials")
-        return f"basic:{user}"
+        with _HASHED_LOCK:
+            _VERIFIED[cache_key] = now + _VERIFIED_SECONDS
+            _VERIFIED.move_to_end(cache_key)
+            while len(_VERIFIED) > _VERIFIED_SIZE:
+                _VERIFIED.popitem(last=False)
+        return f"basic:{name}"

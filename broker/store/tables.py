@@ -128,3 +128,62 @@ sim_resources = Table(
     Index("ux_sim_resources_kind_name", "kind", "name", unique=True),
     Index("ix_sim_resources_instance", "instance_id"),
 )
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    # A sequence number assigned by the appender (the previous record's id + 1), part of the hash.
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+    Column("principal", String(ID)),
+    Column("originating_identity", Text),
+    Column("request_identity", String(ID)),
+    # provision | update | deprovision | bind | unbind | dr_action:<type> | bluemix_v1:<enable|disable> | ...
+    Column("action", String(64), nullable=False),
+    Column("instance_id", String(ID)),
+    Column("binding_id", String(ID)),
+    Column("operation_id", String(64)),
+    Column("status", Integer),
+    # ok | created | accepted | the OSB error code
+    Column("outcome", String(64)),
+    # What was asked, without values that could be secrets (parameter names, plan, path).
+    Column("detail", Text, nullable=False, default="{}"),
+    # hash = sha256(prev_hash + canonical JSON of the record); the first record's prev_hash is 64 zeros.
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ux_audit_events_prev_hash", "prev_hash", unique=True),
+    Index("ix_audit_events_at", "at"),
+)
+
+# Usage metering (paid plans, ibmcloud backend): one row per instance and hour, claimed before it is sent
+# (state sending, with a lease), so every hour is reported once whatever the number of processes.
+metering_records = Table(
+    "metering_records",
+    metadata,
+    Column("instance_id", String(ID), primary_key=True),
+    # start of the metered hour, epoch seconds
+    Column("hour_start", Integer, primary_key=True),
+    Column("plan_id", String(ID), nullable=False),
+    Column("resource_instance_id", String(ID), nullable=False),
+    # sending | sent | rejected
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("lease_until", Float),
+    Column("transaction_id", String(ID)),
+    Column("error", Text),
+    Column("sent_at", Float),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_metering_records_state", "state"),
+)
+
+
+rpo_samples = Table(
+    "rpo_samples",
+    metadata,
+    Column("instance_id", String(ID), primary_key=True),
+    # Start of the sampling interval: one row per instance and interval, whichever process wrote it.
+    Column("at", Float, primary_key=True),
+    Column("achieved_rpo_seconds", Float),
+    Column("replication_state", String(64), nullable=False),
+    Index("ix_rpo_samples_at", "at"),
+)

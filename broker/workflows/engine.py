@@ -2,7 +2,11 @@
 
 The caller holds the operation's lease. Every write the engine makes is guarded by
 ``lease_owner = me AND state = in_progress``; if the guard fails, another worker has taken the operation
-over (our lease expired) and this run stops without touching anything else.
+over (our lease expired), an operator abandoned it, and this run stops without touching anything else.
+
+An operation must finish within its plan's ``maximum_polling_duration`` (counted from when it was accepted,
+or queued again by an operator): the engine checks that deadline before each step and while it retries a
+transient error, and ends an operation that ran out of time as a failure (with its compensations).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from broker.domain.models import (
     StepRecord,
 )
 from broker.domain.protocols import Orchestrator, StepContext
-from broker.store.repository import Store
+from broker.store.repository import Store, Tx
 from broker.workflows.definitions import DR_ACTIONS, Step, steps_for
-from broker.workflows.retry import RetryPolicy
+from broker.workflows.retry import RetryDeadline, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,45 @@ _DONE_VERB = {
 
 
 class LeaseLost(Exception):
-    """Another worker owns the operation now."""
+    """Another worker owns the operation now (or it was abandoned)."""
+
+
+def polling_limit(catalog: Catalog, op: Operation) -> int | None:
+    """The plan's ``maximum_polling_duration`` in seconds (the stricter one across a plan change)."""
+    limits = []
+    for plan_id in (op.plan_id, op.payload.get("target_plan_id")):
+        plan = catalog.plan(plan_id) if plan_id else None
+        if plan is not None and plan.maximum_polling_duration:
+            limits.append(int(plan.maximum_polling_duration))
+    return min(limits) if limits else None
+
+
+def deadline(catalog: Catalog, op: Operation) -> float | None:
+    """When ``op`` must have finished: ``maximum_polling_duration`` after it was accepted, or after an
+    operator queued it again (``payload.retried_at``); None when its plan sets no limit."""
+    limit = polling_limit(catalog, op)
+    if limit is None:
+        return None
+    return float(op.payload.get("retried_at") or op.created_at) + limit
+
+
+def timeout_reason(catalog: Catalog, op: Operation, where: str) -> str:
+    return (f"timed out: not finished within the plan's maximum_polling_duration "
+            f"({polling_limit(catalog, op)} s); {where}")
+
+
+def record_failure(tx: Tx, op: Operation, now: float) -> None:
+    """Leave the operation's instance or binding as a failure of ``op`` does. One rule for the engine, the
+    deadline reaper and an operator's abandon. An operation halted by a later deprovision or unbind leaves
+    the state to that request."""
+    if op.cancel_requested:
+        return
+    if op.type in (OperationType.PROVISION, OperationType.DEPROVISION):
+        tx.update_instance(op.instance_id, state=InstanceState.FAILED.value, updated_at=now)
+    elif op.type == OperationType.UPDATE:
+        tx.update_instance(op.instance_id, state=InstanceState.READY.value, updated_at=now)
+    elif op.binding_id is not None:
+        tx.update_binding(op.instance_id, op.binding_id, state=BindingState.FAILED.value, updated_at=now)
 
 
 class Engine:
@@ -52,6 +94,8 @@ class Engine:
         self.orchestrator = orchestrator
         self.retry = retry or RetryPolicy()
         self.clock = clock
+        # Optional metrics sink: step_finished(action, seconds, ok) and step_retried(action).
+        self.observer: Any = None
 
     # public ---------------------------------------------------------------------------------------
     def plan_for(self, op: Operation) -> Plan:
@@ -63,6 +107,9 @@ class Engine:
 
     def steps(self, op: Operation) -> tuple[Step, ...]:
         return steps_for(op.type, self.plan_for(op), op.payload)
+
+    def deadline(self, op: Operation) -> float | None:
+        return deadline(self.catalog, op)
 
     def expected_remaining(self, op: Operation) -> float:
         """Seconds until the running step should finish (for Retry-After)."""
@@ -137,19 +184,37 @@ class Engine:
                 self._halt(op, owner)
                 return
             step = steps[idx]
+            where = f"step {idx + 1}/{len(steps)} ({step.title})"
+            due = self.deadline(op)
+            if due is not None and self.clock() >= due:
+                # The steps before idx are done and are compensated; so is step idx if an earlier run started
+                # it (a crash may have left part of it behind; compensations are idempotent).
+                self._fail(op, inst, binding, steps, outputs, owner,
+                           timeout_reason(self.catalog, op, f"stopped before {where}"),
+                           failed_idx=idx if idx in records else idx - 1)
+                return
             self._start_step(op, idx, step, len(steps), owner, records.get(idx))
             ctx = self._context(op, inst, binding, outputs)
+            began = time.perf_counter()
             try:
                 result = self.retry.call(
                     lambda step=step, ctx=ctx: self.orchestrator.perform(step.action, ctx),
                     on_retry=lambda n, exc, idx=idx, step=step, op_id=op.id: self._note_retry(
-                        op_id, idx, step, n, exc, owner),
+                        op_id, idx, step, len(steps), n, exc, owner),
+                    deadline=due, clock=self.clock,
                 )
-            except BackendError as exc:
+            except RetryDeadline as exc:
+                self._observe(step.action, began, ok=False)
                 self._fail(op, inst, binding, steps, outputs, owner,
-                           f"step {idx + 1}/{len(steps)} ({step.title}) failed: {exc.description}",
-                           failed_idx=idx)
+                           timeout_reason(self.catalog, op, f"{where} was still failing: {exc.last.description}"),
+                           failed_idx=idx, failed_step=(idx, step, exc.last.description))
                 return
+            except BackendError as exc:
+                self._observe(step.action, began, ok=False)
+                self._fail(op, inst, binding, steps, outputs, owner, f"{where} failed: {exc.description}",
+                           failed_idx=idx, failed_step=(idx, step, exc.description))
+                return
+            self._observe(step.action, began, ok=True)
             result = dict(result)
             self._finish_step(op.id, idx, step, owner, result)
             outputs.update(result)
@@ -167,11 +232,22 @@ class Engine:
                 attempts=(previous.attempts if previous else 0) + 1, started_at=now, finished_at=None,
                 outputs={}, error=None))
 
-    def _note_retry(self, op_id: str, idx: int, step: Step, attempt: int, exc: BaseException,
+    def _observe(self, action: str, began: float, *, ok: bool) -> None:
+        if self.observer is not None:
+            self.observer.step_finished(action, time.perf_counter() - began, ok)
+
+    def _note_retry(self, op_id: str, idx: int, step: Step, total: int, attempt: int, exc: BaseException,
                     owner: str) -> None:
+        if self.observer is not None:
+            self.observer.step_retried(step.action)
         log.info("operation %s step %s: transient error (attempt %d), retrying: %s", op_id, step.action,
                  attempt, exc)
         with self.store.write() as tx:
+            # Guarded like every other write: a retry must not go on once the lease is lost.
+            if not tx.update_operation(op_id, expect=self._guard(owner),
+                                       description=f"step {idx + 1}/{total}: {step.title} (retrying after a "
+                                                   f"transient error, attempt {attempt + 1})"):
+                raise LeaseLost(op_id)
             records = {r.idx: r for r in tx.steps(op_id)}
             rec = records.get(idx)
             if rec is not None:
@@ -195,7 +271,7 @@ class Engine:
             tx.upsert_step(StepRecord(
                 operation_id=op_id, idx=idx, name=step.action, state="done",
                 attempts=rec.attempts if rec else 1, started_at=rec.started_at if rec else now,
-                finished_at=now, outputs=result, error=None))
+                finished_at=now, outputs=result, error=rec.error if rec else None))  # last transient error
 
     def _release(self, op_id: str, owner: str) -> None:
         """Stop at a step boundary and let any worker (this one after a restart, or another) resume."""
@@ -282,10 +358,23 @@ class Engine:
                                   credentials=None, updated_at=now)
         log.info("operation %s (%s %s) succeeded", op_id, op.type.value, op.instance_id)
 
+    def _mark_step(self, tx: Tx, op_id: str, idx: int, state: str, error: str | None) -> None:
+        rec = {r.idx: r for r in tx.steps(op_id)}.get(idx)
+        if rec is not None:
+            tx.upsert_step(StepRecord(**{**rec.__dict__, "state": state,
+                                         "finished_at": rec.finished_at or self.clock(),
+                                         "error": error[:2000] if error else rec.error}))
+
     def _fail(self, op: Operation, inst: Instance | None, binding: Binding | None, steps: tuple[Step, ...],
-              outputs: dict[str, Any], owner: str, reason: str, *, failed_idx: int) -> None:
+              outputs: dict[str, Any], owner: str, reason: str, *, failed_idx: int,
+              failed_step: tuple[int, Step, str] | None = None) -> None:
         cleaned: list[str] = []
         left: list[str] = []
+        if failed_step is not None:
+            with self.store.write() as tx:
+                if not tx.update_operation(op.id, expect=self._guard(owner), heartbeat_at=self.clock()):
+                    raise LeaseLost(op.id)
+                self._mark_step(tx, op.id, failed_step[0], "failed", failed_step[2])
         if op.type not in (OperationType.DEPROVISION, OperationType.UNBIND):
             # Mark the failure first, so a crash during compensation resumes it rather than the steps.
             with self.store.write() as tx:
@@ -294,14 +383,24 @@ class Engine:
                                            description=f"failed, cleaning up: {reason}"):
                     raise LeaseLost(op.id)
             ctx = self._context(op, inst, binding, outputs)
-            for step in reversed(steps[: failed_idx + 1]):
+            for idx in reversed(range(failed_idx + 1)):
+                step = steps[idx]
                 if not step.compensation:
                     continue
                 try:
                     self.retry.call(lambda step=step: self.orchestrator.perform(step.compensation, ctx))
                     cleaned.append(step.compensation)
+                    error = None
                 except (PermanentBackendError, TransientBackendError) as exc:
                     left.append(f"{step.compensation} ({exc.description})")
+                    error = f"compensation {step.compensation} failed: {exc.description}"
+                with self.store.write() as tx:
+                    if not tx.update_operation(op.id, expect=self._guard(owner), heartbeat_at=self.clock()):
+                        raise LeaseLost(op.id)
+                    if error is not None:
+                        self._mark_step(tx, op.id, idx, "failed", error)
+                    elif idx != (failed_step[0] if failed_step else None):
+                        self._mark_step(tx, op.id, idx, "compensated", None)
         description = f"failed: {reason}"
         if cleaned:
             description += f"; cleaned up: {', '.join(cleaned)}"
@@ -313,13 +412,6 @@ class Engine:
                                        description=description[:10000], error=reason[:10000],
                                        finished_at=now, lease_owner=None, lease_until=None):
                 raise LeaseLost(op.id)
-            if op.type == OperationType.PROVISION:
-                tx.update_instance(op.instance_id, state=InstanceState.FAILED.value, updated_at=now)
-            elif op.type == OperationType.UPDATE:
-                tx.update_instance(op.instance_id, state=InstanceState.READY.value, updated_at=now)
-            elif op.type == OperationType.DEPROVISION:
-                tx.update_instance(op.instance_id, state=InstanceState.FAILED.value, updated_at=now)
-            elif op.binding_id is not None:
-                tx.update_binding(op.instance_id, op.binding_id, state=BindingState.FAILED.value,
-                                  updated_at=now)
+            # Re-read: a deprovision or unbind that arrived during the last step now owns the state.
+            record_failure(tx, tx.get_operation(op.id) or op, now)
         log.warning("operation %s (%s %s) %s", op.id, op.type.value, op.instance_id, description)

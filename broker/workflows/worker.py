@@ -5,6 +5,10 @@ One ``Worker`` runs per serving process with a few threads. Claims are guarded u
 operation at once. A lease that is not renewed expires and any worker takes the operation over; a lease
 whose owner is a dead process on this same host is taken over at once, so a restart after ``kill -9``
 resumes without waiting out the lease.
+
+Between claims the worker also reaps operations still queued past their plan's
+``maximum_polling_duration`` (say, a deprovision waiting behind a provision that does not stop): they end
+failed with a description. A claimed operation's deadline is the engine's to enforce.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable
 
 from broker.domain.models import Operation, OperationState
 from broker.store.repository import Store, Tx
-from broker.workflows.engine import Engine
+from broker.workflows.engine import Engine, record_failure, timeout_reason
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +55,21 @@ def _owner_is_dead_local_process(owner: str | None) -> bool:
 
 class Worker:
     def __init__(self, store: Store, engine: Engine, *, lease_seconds: float = 15.0,
-                 poll_seconds: float = 0.5, threads: int = 2,
+                 poll_seconds: float = 0.5, threads: int = 2, reap_seconds: float = 5.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.thread_count = max(1, threads)
+        self.reap_seconds = reap_seconds
         self.clock = clock
+        self._next_reap = 0.0
+        self._reap_lock = threading.Lock()
         self.owner = new_owner_id()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._stop_requested = False  # set from a signal handler: a plain flag, no lock
         self._hb_stop = threading.Event()
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
@@ -73,6 +81,7 @@ class Worker:
         if self._threads:
             return
         self._stop.clear()
+        self._stop_requested = False
         self._hb_stop.clear()
         for i in range(self.thread_count):
             t = threading.Thread(target=self._loop, name=f"drbroker-worker-{i}", daemon=True)
@@ -81,6 +90,14 @@ class Worker:
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="drbroker-heartbeat", daemon=True)
         self._heartbeat.start()
         log.info("operation worker %s started with %d thread(s)", self.owner, self.thread_count)
+
+    def request_stop(self) -> None:
+        """Ask the threads to stop at their next step boundary, without waiting: for a SIGTERM handler.
+
+        It only sets a plain flag. ``Event.set()`` takes a lock, and a second signal arriving while the
+        handler holds it would deadlock the process; idle threads notice within ``poll_seconds``.
+        """
+        self._stop_requested = True
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop at the next step boundary: running steps finish, their operations are released."""
@@ -97,7 +114,7 @@ class Worker:
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stop_requested or self._stop.is_set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -149,9 +166,9 @@ class Worker:
         self._hold(op_id)
         return True
 
-    def run_claimed(self, op_id: str) -> None:
+    def run_claimed(self, op_id: str, *, stoppable: bool = True) -> None:
         try:
-            self.engine.run(op_id, self.owner, should_stop=lambda: self._stop.is_set())
+            self.engine.run(op_id, self.owner, should_stop=lambda: stoppable and self.stopping)
         except Exception:
             # An unexpected error must not kill the worker thread; the lease expires and the
             # operation is retried by whoever claims it next.
@@ -165,17 +182,53 @@ class Worker:
         deadline = time.monotonic() + timeout
         while True:
             if self.claim(op_id):
-                self.run_claimed(op_id)
+                # A request waits for its operation: it runs to the end, also while the process drains
+                # (gunicorn lets in-flight requests finish; the worker threads stop at a step boundary).
+                self.run_claimed(op_id, stoppable=False)
             with self.store.read() as tx:
                 op = tx.get_operation(op_id)
             if op is None or op.state.finished:
                 return True
-            if time.monotonic() >= deadline or self._stop.is_set():
+            if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
 
     def expected_remaining(self, op: Operation) -> float:
         return self.engine.expected_remaining(op)
+
+    # deadlines ------------------------------------------------------------------------------------
+    def reap_expired(self) -> list[str]:
+        """End every operation still queued past its deadline, untouched (step 0): failed, with a description,
+        its instance or binding left as after any failure. Guarded on ``state = queued``, so a worker that
+        claims it at the same moment wins or loses cleanly. Returns the ids reaped."""
+        now = self.clock()
+        with self.store.read() as tx:
+            queued = tx.list_operations(state=OperationState.QUEUED, limit=1000)
+        expired = [op for op in queued if op.step_index == 0 and (due := self.engine.deadline(op)) is not None
+                   and now >= due]
+        if not expired:
+            return []
+        reaped: list[str] = []
+        with self.store.write() as tx:
+            for op in expired:
+                waiting = f" behind operation {op.blocked_by}" if op.blocked_by else ""
+                reason = timeout_reason(self.engine.catalog, op, f"it was still queued{waiting}")
+                if tx.update_operation(op.id, expect={"state": OperationState.QUEUED, "step_index": 0},
+                                       state=OperationState.FAILED, description=f"failed: {reason}",
+                                       error=reason, finished_at=now, lease_owner=None, lease_until=None):
+                    record_failure(tx, tx.get_operation(op.id) or op, now)
+                    reaped.append(op.id)
+        for op_id in reaped:
+            log.warning("operation %s: still queued past its maximum_polling_duration; failed", op_id)
+        return reaped
+
+    def _maybe_reap(self) -> None:
+        now = time.monotonic()
+        with self._reap_lock:
+            if now < self._next_reap:
+                return
+            self._next_reap = now + self.reap_seconds
+        self.reap_expired()
 
     def _hold(self, op_id: str) -> None:
         with self._held_lock:
@@ -183,8 +236,9 @@ class Worker:
 
     # threads --------------------------------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping:
             try:
+                self._maybe_reap()
                 op_id = self.claim_next()
             except Exception:
                 log.exception("claiming operations failed; retrying")

@@ -78,6 +78,10 @@ def _fresh_db(template: Path, folder: Path) -> None:
         src = template.with_name(template.name + suffix)
         if src.exists():
             shutil.copyfile(src, folder / (template.name + suffix))
+    # The key file that seals the template's secrets goes with it (copy2 keeps its mode, 0600).
+    kek = template.with_name("kek.json")
+    if kek.exists():
+        shutil.copy2(kek, folder / "kek.json")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ def test_upgrade_is_idempotent(db_url: str) -> None:
     engine = db.make_engine(db_url)
     db.upgrade(engine)
     db.upgrade(engine)
-    assert db.current_revision(engine) == "0002"
+    assert db.current_revision(engine) == "0005"
 
 
 def test_postgresql_urls_select_psycopg3() -> None:
@@ -45,4 +45,4 @@ def test_db_upgrade_command(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DRBROKER_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     result = CliRunner().invoke(main, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "revision 0002" in result.output
+    assert "revision 0005" in result.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from broker.store.tables import sim_resources
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,14 @@ class SimulatedCloud:
             with self.engine.begin() as conn:
                 conn.execute(insert(sim_resources).values(**values))
         except IntegrityError:
-            pass  # a concurrent attempt created it first; ours is discarded
+            # A concurrent attempt created it first; ours is discarded. Leases keep one step from running in
+            # two places at once, so this deserves a warning (the chaos test looks for it).
+            log.warning("simulated cloud: duplicate create of %s %s refused by the unique index", kind,
+                        values["name"])
+        else:
+            # One line per creation: the chaos test counts them to prove no resource was made twice.
+            log.info("simulated cloud: created %s %s (%s) for %s", kind, values["name"], values["id"],
+                     instance_id + (f"/{binding_id}" if binding_id else ""))
         found = self.get(kind, instance_id, binding_id, part)
         assert found is not None
         return found

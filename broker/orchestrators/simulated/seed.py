@@ -72,3 +72,8 @@ def _rows() -> list[tuple[str, str, str, dict]]:
 def seed_demo_account(cloud: SimulatedCloud) -> None:
     """Create the demo account's resources unless they exist (one transaction; safe from several processes)."""
     cloud.seed(_rows())
+
+
+def demo_rows() -> list[tuple[str, str, str, dict]]:
+    """The demo account as rows (kind, natural id, state, data): the fake IBM Cloud seeds the same account."""
+    return _rows()

@@ -1,0 +1,169 @@
+"""``drbroker keys``, ``drbroker audit`` and ``drbroker credentials``: key rotation, the audit trail, password
+hashes. Registered on the main command group in ``broker.cli``."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import time
+from datetime import datetime
+
+import click
+
+from broker.config import Settings
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    from broker.store import db as store_db
+
+    engine = store_db.make_engine(settings.database_url)
+    if not store_db.has_schema(engine):
+        raise click.ClickException("no broker database here (set DRBROKER_DATABASE_URL)")
+    if store_db.needs_upgrade(engine):
+        raise click.ClickException("the database schema is not current: run `drbroker db upgrade`")
+    return engine
+
+
+def _operator() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@click.group()
+def keys() -> None:
+    """Secrets at rest: the key-encryption key (KEK)."""
+
+
+@keys.command("status")
+def keys_status() -> None:
+    """The active KEK and how many sealed values each key wraps."""
+    from broker.app import make_envelope
+    from broker.security.envelope import Envelope
+    from broker.store.sealed import count_by_kek
+
+    settings = Settings.from_env()
+    envelope = make_envelope(settings)
+    engine = _engine(settings)
+    click.echo(f"KEK: {envelope.kek.name}, active key {envelope.kek.active_id()}")
+    for kid, n in sorted(count_by_kek(engine, Envelope.kek_id).items()):
+        click.echo(f"  {kid}: {n} sealed value(s)")
+
+
+@keys.command("rotate")
+@click.option("--batch", default=50, show_default=True, type=click.IntRange(1, 10_000),
+              help="rows per write transaction")
+@click.option("--grace", default=2.0, show_default=True, type=click.FloatRange(0, 300),
+              help="seconds between switching keys and the sweep, for writes that wrapped under the old key "
+                   "just before the switch to commit")
+def keys_rotate(batch: int, grace: float) -> None:
+    """Re-wrap every record's data key under a new KEK, online, while brokers keep serving.
+
+    A new key becomes the active one (running brokers notice at their next write); the old keys stay in the
+    key file, so every record keeps opening, until a pass finds nothing left under them.
+    """
+    from broker.app import make_envelope
+    from broker.security.audit import AuditEvent, AuditTrail
+    from broker.store.repository import Store
+    from broker.store.sealed import RewrapStats, rewrap_all
+
+    settings = Settings.from_env()
+    envelope = make_envelope(settings)
+    engine = _engine(settings)
+    started = time.monotonic()
+    old = envelope.kek.active_id()
+    new = envelope.kek.begin_rotation()
+    click.echo(f"new key {new} is active (was {old}); brokers switch at their next write")
+    time.sleep(grace)
+    total = RewrapStats()
+    for passes in range(1, 21):
+        stats = rewrap_all(engine, envelope, batch=batch)
+        for name in ("examined", "rewrapped", "sealed_plaintext", "raced", "transactions"):
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        click.echo(f"pass {passes}: {stats.examined} value(s) examined, {stats.rewrapped} re-wrapped, "
+                   f"{stats.sealed_plaintext} plaintext value(s) sealed, {stats.raced} changed meanwhile "
+                   f"({stats.transactions} transactions)")
+        if not (stats.rewrapped or stats.sealed_plaintext or stats.raced):
+            break
+    else:
+        raise click.ClickException("values kept changing for 20 passes; the old keys are kept, run it again")
+    retired = envelope.kek.finish_rotation()
+    seconds = time.monotonic() - started
+    AuditTrail(Store(engine, envelope)).append(AuditEvent(
+        action="keys:rotate", principal=_operator(), outcome="ok",
+        detail={"new_key": new, "retired_keys": retired, "rewrapped": total.rewrapped,
+                "sealed_plaintext": total.sealed_plaintext, "seconds": round(seconds, 3)}))
+    click.echo(f"done in {seconds:.2f}s: {total.rewrapped} data key(s) re-wrapped under {new}; "
+               f"retired {', '.join(retired) or 'nothing'}")
+    engine.dispose()
+
+
+@click.group()
+def audit() -> None:
+    """The hash-chained audit trail."""
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("not an ISO 8601 date or time, e.g. 2025-01-31T12:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter("give a time zone, e.g. 2025-01-31T12:00:00Z")
+    return parsed.timestamp()
+
+
+@audit.command("export")
+@click.option("--since", help="only records at or after this ISO 8601 time (with a zone, e.g. ...Z)")
+def audit_export(since: str | None) -> None:
+    """Write the audit records as JSON lines to stdout, oldest first."""
+    from broker.security.audit import AuditTrail
+    from broker.store.repository import Store
+
+    settings = Settings.from_env()
+    trail = AuditTrail(Store(_engine(settings)))
+    for record in trail.records(since=_since(since)):
+        sys.stdout.write(json.dumps(trail.exported(record), sort_keys=True) + "\n")
+
+
+@audit.command("verify")
+@click.option("--head", help="a record hash exported earlier that must still be in the chain")
+def audit_verify(head: str | None) -> None:
+    """Check the hash chain; exit 1 naming the first broken record."""
+    from broker.security.audit import AuditTrail
+    from broker.store.repository import Store
+
+    settings = Settings.from_env()
+    result = AuditTrail(Store(_engine(settings))).verify(head=head)
+    if not result.ok:
+        click.echo(f"audit trail BROKEN: {result.problem}", err=True)
+        sys.exit(1)
+    click.echo(f"audit trail intact: {result.records} record(s), head {result.head}")
+
+
+@click.group()
+def credentials() -> None:
+    """Basic-auth credentials."""
+
+
+@credentials.command("hash")
+@click.option("--username", default="broker", show_default=True)
+def credentials_hash(username: str) -> None:
+    """Read a password (prompt, or stdin when piped) and print a DRBROKER_CREDENTIALS_FILE entry holding
+    only its scrypt hash."""
+    from broker.security.basic import hash_password
+
+    if sys.stdin.isatty():
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 12:
+        raise click.ClickException("use a password of at least 12 characters")
+    click.echo(json.dumps({"username": username, "password_hash": hash_password(password)}))
+
+
+COMMANDS = (keys, audit, credentials)

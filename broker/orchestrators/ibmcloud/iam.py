@@ -1,0 +1,91 @@
+"""IAM identity (service IDs, API keys) and access policies through ibm-platform-services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ibm_cloud_sdk_core.authenticators import Authenticator
+from ibm_platform_services import IamIdentityV1, IamPolicyManagementV1
+
+from broker.orchestrators.ibmcloud.errors import call
+
+READER = "crn:v1:bluemix:public:iam::::serviceRole:Reader"
+
+
+class Iam:
+    def __init__(self, authenticator: Authenticator, identity_url: str, policy_url: str,
+                 timeout: float = 60.0) -> None:
+        self.authenticator = authenticator
+        self.identity = IamIdentityV1(authenticator=authenticator)
+        self.identity.set_service_url(identity_url)
+        self.identity.set_http_config({"timeout": timeout})
+        self.policies = IamPolicyManagementV1(authenticator=authenticator)
+        self.policies.set_service_url(policy_url)
+        self.policies.set_http_config({"timeout": timeout})
+
+    def _call(self, what: str, fn: Any, allow: tuple[int, ...] = ()) -> Any:
+        resp = call(f"IAM {what}", fn, allow=allow, authenticator=self.authenticator)
+        return None if resp is None else resp.get_result()
+
+    # service IDs ------------------------------------------------------------------------------------
+    def find_service_id(self, account_id: str, name: str) -> dict[str, Any] | None:
+        result = self._call("GET /v1/serviceids", lambda: self.identity.list_service_ids(
+            account_id=account_id, name=name, pagesize=100)) or {}
+        return next((s for s in result.get("serviceids") or [] if s.get("name") == name), None)
+
+    def service_ids_with_prefix(self, account_id: str, prefix: str) -> list[dict[str, Any]]:
+        result = self._call("GET /v1/serviceids", lambda: self.identity.list_service_ids(
+            account_id=account_id, pagesize=100)) or {}
+        return [s for s in result.get("serviceids") or [] if str(s.get("name", "")).startswith(prefix)]
+
+    def create_service_id(self, account_id: str, name: str, instance_crn: str | None) -> dict[str, Any]:
+        return self._call("POST /v1/serviceids", lambda: self.identity.create_service_id(
+            account_id, name, description="powervs-dr-broker binding",
+            unique_instance_crns=[instance_crn] if instance_crn else None))
+
+    def delete_service_id(self, service_id: str) -> None:
+        self._call(f"DELETE /v1/serviceids/{service_id}", lambda: self.identity.delete_service_id(service_id),
+                   allow=(404,))
+
+    # API keys ---------------------------------------------------------------------------------------
+    def api_keys(self, account_id: str, iam_id: str) -> list[dict[str, Any]]:
+        result = self._call("GET /v1/apikeys", lambda: self.identity.list_api_keys(
+            account_id=account_id, iam_id=iam_id, pagesize=100)) or {}
+        return list(result.get("apikeys") or [])
+
+    def create_api_key(self, account_id: str, iam_id: str, name: str) -> dict[str, Any]:
+        return self._call("POST /v1/apikeys", lambda: self.identity.create_api_key(
+            name, iam_id, account_id=account_id, description="powervs-dr-broker binding", store_value=False))
+
+    def delete_api_key(self, key_id: str) -> None:
+        self._call(f"DELETE /v1/apikeys/{key_id}", lambda: self.identity.delete_api_key(key_id), allow=(404,))
+
+    # policies ---------------------------------------------------------------------------------------
+    def _access_policies(self, account_id: str) -> list[dict[str, Any]]:
+        result = self._call("GET /v1/policies", lambda: self.policies.list_policies(
+            account_id, type="access")) or {}
+        return list(result.get("policies") or [])
+
+    def policies_described(self, account_id: str, description: str) -> list[dict[str, Any]]:
+        return [p for p in self._access_policies(account_id) if p.get("description") == description]
+
+    def policies_with_prefix(self, account_id: str, prefix: str) -> list[dict[str, Any]]:
+        return [p for p in self._access_policies(account_id) if str(p.get("description") or "").startswith(prefix)]
+
+    def create_key_reader_policy(self, account_id: str, iam_id: str, kms_instance: str, key_id: str,
+                                 description: str, role: str = READER) -> dict[str, Any]:
+        subjects = [{"attributes": [{"name": "iam_id", "value": iam_id}]}]
+        roles = [{"role_id": role}]
+        resources = [{"attributes": [
+            {"name": "accountId", "value": account_id},
+            {"name": "serviceName", "value": "kms"},
+            {"name": "serviceInstance", "value": kms_instance},
+            {"name": "resourceType", "value": "key"},
+            {"name": "resource", "value": key_id},
+        ]}]
+        return self._call("POST /v1/policies", lambda: self.policies.create_policy(
+            "access", subjects, roles, resources, description=description))
+
+    def delete_policy(self, policy_id: str) -> None:
+        self._call(f"DELETE /v1/policies/{policy_id}", lambda: self.policies.delete_policy(policy_id),
+                   allow=(404,))

@@ -1,0 +1,96 @@
+"""The Key Protect KEK against the fake IBM Cloud (a real HTTP server on loopback speaking Key Protect's
+documented wrap/unwrap/rotate shapes and IAM's token endpoint): never against IBM Cloud itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from broker.app import build_runtime, create_app
+from broker.cli import main
+from broker.fakecloud.state import DEMO_KMS_INSTANCE_ID
+from broker.security.envelope import Envelope, SecretsError
+from broker.security.keyprotect import KeyProtectKEK
+from broker.store import db as store_db
+from broker.store.sealed import count_by_kek
+from tests.conftest import GRS_PARAMS, OSB, make_settings
+from tests.ibmfake import fake_cloud
+
+
+@pytest.fixture
+def kp() -> Iterator[tuple[str, str]]:
+    """(fake cloud URL, id of a root key created in it through the REST API)."""
+    with fake_cloud() as server:
+        token = requests.post(f"{server.url}/identity/token", timeout=10, data={
+            "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": "kek-test-apikey"}).json()
+        r = requests.post(f"{server.url}/api/v2/keys", timeout=10, json={
+            "metadata": {"collectionType": "application/vnd.ibm.kms.key+json", "collectionTotal": 1},
+            "resources": [{"type": "application/vnd.ibm.kms.key+json", "name": "drbroker-kek", "extractable": False}]},
+            headers={"Authorization": f"Bearer {token['access_token']}", "Bluemix-Instance": DEMO_KMS_INSTANCE_ID,
+                     "Content-Type": "application/vnd.ibm.kms.key+json"})
+        assert r.status_code == 201, r.text
+        yield server.url, r.json()["resources"][0]["id"]
+
+
+def kek(kp: tuple[str, str]) -> KeyProtectKEK:
+    url, key_id = kp
+    return KeyProtectKEK(url=url, instance_id=DEMO_KMS_INSTANCE_ID, root_key_id=key_id, apikey="kek-test-apikey",
+                         iam_url=url)
+
+
+def test_key_protect_wraps_and_unwraps_data_keys(kp: tuple[str, str]) -> None:
+    env = Envelope(kek(kp))
+    sealed = env.seal('{"password": "kp-sealed"}', "drbroker\x1finstances\x1fparameters\x1fi-1")
+    assert Envelope.kek_id(sealed).startswith(f"kp:{kp[1]}:")
+    assert env.unseal(sealed, "drbroker\x1finstances\x1fparameters\x1fi-1") == '{"password": "kp-sealed"}'
+    with pytest.raises(SecretsError, match="HTTP 422"):  # Key Protect refuses the wrong AAD
+        env.unseal(sealed, "drbroker\x1finstances\x1fparameters\x1fi-2")
+
+
+def test_rotation_moves_data_keys_to_the_new_key_version(kp: tuple[str, str]) -> None:
+    k = kek(kp)
+    env = Envelope(k)
+    before = env.seal("s", "r")
+    old = Envelope.kek_id(before)
+    new = k.begin_rotation()
+    assert new != old and k.is_current(new) and not k.is_current(old)
+    assert env.unseal(before, "r") == "s"  # older versions still unwrap
+    rewrapped = env.rewrap(before, "r")
+    assert rewrapped is not None and Envelope.kek_id(rewrapped) == new
+    assert env.unseal(rewrapped, "r") == "s"
+    assert k.finish_rotation() == []
+
+
+def test_a_broker_with_a_key_protect_kek_seals_and_rotates(kp: tuple[str, str], tmp_path: Path,
+                                                          monkeypatch: Any) -> None:
+    url, key_id = kp
+    settings = make_settings(tmp_path, kek="keyprotect", kek_keyprotect_url=url, kek_instance_id=DEMO_KMS_INSTANCE_ID,
+                             kek_root_key_id=key_id, kek_apikey="kek-test-apikey", iam_url=url)
+    rt = build_runtime(settings)
+    rt.worker.start()
+    try:
+        osb = OSB(create_app(runtime=rt).test_client())
+        osb.ready("kp-1", params={**GRS_PARAMS, "ibmcloud_api_key": "customer-key-in-kp-mode"})
+        assert osb.get("/v2/service_instances/kp-1").status_code == 200
+    finally:
+        rt.worker.stop(timeout=10)
+        rt.store.engine.dispose()
+    assert not (tmp_path / "kek.json").exists()  # no local key file in this mode
+    engine = store_db.make_engine(settings.database_url)
+    (before,) = count_by_kek(engine, Envelope.kek_id)
+    assert before.startswith(f"kp:{key_id}:")
+    for name, value in {"DRBROKER_DATABASE_URL": settings.database_url, "DRBROKER_KEK": "keyprotect",
+                        "DRBROKER_KEK_KEYPROTECT_URL": url, "DRBROKER_KEK_INSTANCE_ID": DEMO_KMS_INSTANCE_ID,
+                        "DRBROKER_KEK_ROOT_KEY_ID": key_id, "DRBROKER_KEK_APIKEY": "kek-test-apikey",
+                        "DRBROKER_IAM_URL": url}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["keys", "rotate", "--grace", "0"])
+    assert result.exit_code == 0, result.output
+    (after,) = count_by_kek(engine, Envelope.kek_id)
+    assert after.startswith(f"kp:{key_id}:") and after != before
+    engine.dispose()

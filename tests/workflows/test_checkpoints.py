@@ -1,0 +1,148 @@
+"""Checkpointed steps: a step whose process dies after the backend acted, but before the step was recorded,
+runs again on resume and finds the resource it made (by its deterministic name) instead of making another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.app import Runtime
+from broker.domain.models import BindingState, InstanceState, OperationState, OperationType
+from broker.orchestrators.simulated.cloud import SimulatedCloud
+from broker.services.requests import DeprovisionRequest
+from broker.workflows.definitions import steps_for
+from tests.conftest import GRS_PLAN, KSYS_PARAMS, KSYS_PLAN, SERVICE_ID, grs_params
+from tests.workflows.helpers import (
+    Crash,
+    ScriptedOrchestrator,
+    bind_async,
+    expire_lease,
+    op,
+    provision,
+    run_to_end,
+    scripted_runtime,
+    second_worker,
+    steps,
+)
+
+
+@pytest.fixture
+def made() -> Iterator[list[Runtime]]:
+    runtimes: list[Runtime] = []
+    yield runtimes
+    for rt in runtimes:
+        rt.worker.stop(timeout=10)
+        rt.store.engine.dispose()
+
+
+def _crash_once_after(scripted: ScriptedOrchestrator, action: str) -> None:
+    def hook(_action, _ctx, n: int) -> None:
+        if n == 1:
+            raise Crash(f"process died right after {action} took effect")
+    scripted.after[action] = hook
+
+
+def _kinds(cloud: SimulatedCloud, iid: str) -> Counter[str]:
+    return Counter(r.kind for r in cloud.inventory(iid))
+
+
+def _actions(rt: Runtime, plan_id: str, op_type: str) -> list[str]:
+    plan = rt.catalog.plan(plan_id)
+    assert plan is not None
+    return [s.action for s in steps_for(OperationType(op_type), plan)]
+
+
+def _crash_and_resume(rt: Runtime, scripted: ScriptedOrchestrator, op_id: str, action: str) -> None:
+    _crash_once_after(scripted, action)
+    with pytest.raises(Crash):
+        run_to_end(rt.worker, op_id)
+    crashed = op(rt, op_id)
+    assert crashed.state == OperationState.IN_PROGRESS and crashed.lease_owner == rt.worker.owner
+    record = steps(rt, op_id)[action]
+    assert record.state == "running" and record.attempts == 1, "the step was not recorded as done"
+    # Another worker (a restarted process) takes the operation over once the dead holder's lease has lapsed.
+    expire_lease(rt, op_id)
+    run_to_end(second_worker(rt, scripted), op_id)
+
+
+@pytest.mark.parametrize(("plan", "params"), [(GRS_PLAN, None), (KSYS_PLAN, KSYS_PARAMS)], ids=["grs", "ksys"])
+def test_every_provision_step_repeated_after_a_crash_reuses_what_it_created(
+        tmp_path: Path, made: list[Runtime], plan: str, params) -> None:
+    rt, scripted = scripted_runtime(tmp_path, sim_step_seconds=0.0)
+    made.append(rt)
+    cloud = rt.orchestrator.cloud
+    params = params or grs_params(0)
+    control = provision(rt, "control", params, plan)
+    run_to_end(rt.worker, control)
+    assert op(rt, control).state == OperationState.SUCCEEDED
+    expected = _kinds(cloud, "control")
+    assert expected["volume_group"] == 1
+    _deprovision_now(rt, "control")  # frees the volumes for the next instance
+
+    for n, action in enumerate(_actions(rt, plan, "provision")):
+        iid = f"crash-after-{n}-{action}"
+        op_id = provision(rt, iid, params, plan)
+        _crash_once_after(scripted, action)
+        with pytest.raises(Crash):
+            run_to_end(rt.worker, op_id)
+        scripted.after.pop(action)
+        crashed = op(rt, op_id)
+        assert crashed.state == OperationState.IN_PROGRESS and crashed.step_index == n
+        record = steps(rt, op_id)[action]
+        assert record.state == "running" and record.attempts == 1, "the step must not be recorded as done"
+        at_crash = {(r.kind, r.name): r.id for r in cloud.inventory(iid)}
+
+        # Another worker (a restarted process) takes over once the dead holder's lease has lapsed.
+        expire_lease(rt, op_id)
+        run_to_end(second_worker(rt, scripted), op_id)
+
+        done = op(rt, op_id)
+        assert done.state == OperationState.SUCCEEDED, done.description
+        records = steps(rt, op_id)
+        assert records[action].attempts == 2 and records[action].state == "done"
+        assert all(r.attempts == 1 for name, r in records.items() if name != action), records
+        assert scripted.calls[(op_id, action)] == 2
+        # Exactly what an uninterrupted provision makes; what existed at the crash is the same resource.
+        assert _kinds(cloud, iid) == expected, (action, _kinds(cloud, iid), expected)
+        after = {(r.kind, r.name): r.id for r in cloud.inventory(iid)}
+        assert all(after[key] == rid for key, rid in at_crash.items()), action
+        for key, value in records[action].outputs.items():
+            if key.endswith("_id") and isinstance(value, str):
+                assert value in after.values(), (action, key, value)
+        with rt.store.read() as tx:
+            assert tx.get_instance(iid).state == InstanceState.READY
+        _deprovision_now(rt, iid)
+
+
+def _deprovision_now(rt: Runtime, iid: str) -> None:
+    with rt.store.read() as tx:
+        plan_id = tx.get_instance(iid).plan_id
+    result = rt.service.deprovision(DeprovisionRequest(instance_id=iid, service_id=SERVICE_ID, plan_id=plan_id,
+                                                       accepts_incomplete=True))
+    run_to_end(rt.worker, result.operation)
+    assert op(rt, result.operation).state == OperationState.SUCCEEDED
+    assert rt.orchestrator.cloud.inventory(iid) == []
+
+
+@pytest.mark.parametrize("action", ["create_service_id", "issue_credentials"])
+def test_a_bind_step_repeated_after_a_crash_issues_one_service_id_and_one_key(
+        tmp_path: Path, made: list[Runtime], action: str) -> None:
+    rt, scripted = scripted_runtime(tmp_path, sim_step_seconds=0.0)
+    made.append(rt)
+    run_to_end(rt.worker, provision(rt, "i-1", grs_params(0)))
+    op_id = bind_async(rt, "i-1", "b-1")
+    _crash_and_resume(rt, scripted, op_id, action)
+    assert op(rt, op_id).state == OperationState.SUCCEEDED
+    owned = Counter(r.kind for r in rt.orchestrator.cloud.inventory("i-1") if r.binding_id == "b-1")
+    assert owned == Counter({"service_id": 1, "api_key": 1}), owned
+    with rt.store.read() as tx:
+        binding = tx.get_binding("i-1", "b-1")
+    assert binding.state == BindingState.BOUND
+    # The key handed out is the one whose hash the simulated IAM keeps (a re-run replaced the first).
+    (key,) = [r for r in rt.orchestrator.cloud.inventory("i-1") if r.kind == "api_key"]
+    assert key.data["sha256"] == hashlib.sha256(binding.credentials["iam"]["apikey"].encode()).hexdigest()

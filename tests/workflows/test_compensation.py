@@ -1,0 +1,217 @@
+"""Compensation and orphan mitigation: a permanent failure undoes the finished steps in reverse and reports
+what it cleaned and what it could not; a crash during compensation resumes the compensation; a DELETE that
+arrives while a provision runs halts it and deprovisions; a DELETE of a half-failed provision cleans up and
+then answers 410."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.app import Runtime, create_app
+from broker.domain.errors import PermanentBackendError
+from broker.domain.models import BindingState, InstanceState, OperationState, OperationType
+from broker.services.requests import DeprovisionRequest, ProvisionRequest
+from tests.conftest import GRS_PLAN, OSB, SERVICE_ID, grs_params
+from tests.workflows.helpers import (
+    Crash,
+    bind_async,
+    expire_lease,
+    op,
+    provision,
+    run_to_end,
+    scripted_runtime,
+    second_worker,
+    steps,
+)
+
+PROVISION_COMPENSATIONS = ["remove_auxiliary_volumes", "delete_replication_group", "disable_replication",
+                           "delete_dr_policy"]
+
+
+@pytest.fixture
+def made() -> Iterator[list[Runtime]]:
+    runtimes: list[Runtime] = []
+    yield runtimes
+    for rt in runtimes:
+        rt.worker.stop(timeout=10)
+        rt.store.engine.dispose()
+
+
+def _runtime(tmp_path: Path, made: list[Runtime], **settings):
+    rt, scripted = scripted_runtime(tmp_path, sim_step_seconds=0.0, **settings)
+    made.append(rt)
+    return rt, scripted
+
+
+def _instance_state(rt: Runtime, iid: str) -> InstanceState:
+    with rt.store.read() as tx:
+        return tx.get_instance(iid).state
+
+
+def test_permanent_failure_compensates_finished_steps_in_reverse_and_reports_them(
+        tmp_path: Path, made: list[Runtime]) -> None:
+    rt, scripted = _runtime(tmp_path, made, sim_faults="onboard_auxiliary_volumes=fail")
+    params = grs_params(0)
+    op_id = provision(rt, "i-1", params)
+    run_to_end(rt.worker, op_id)
+
+    failed = op(rt, op_id)
+    assert failed.state == OperationState.FAILED
+    assert failed.description.startswith("failed: step 6/7 (onboarding auxiliary volumes at the secondary) "
+                                         "failed: onboard_auxiliary_volumes failed (injected permanent fault)")
+    assert f"cleaned up: {', '.join(PROVISION_COMPENSATIONS)}" in failed.description
+    assert "could not clean up" not in failed.description
+    # Forward steps, then the compensations of the failed and the finished steps, newest first.
+    actions = scripted.actions_of(op_id)
+    cut = actions.index("onboard_auxiliary_volumes") + 1
+    assert actions[cut:] == PROVISION_COMPENSATIONS
+    states = {name: s.state for name, s in steps(rt, op_id).items()}
+    assert states == {"validate_sites": "done", "create_dr_policy": "compensated",
+                      "enable_replication": "compensated", "create_replication_group": "compensated",
+                      "wait_consistent_copying": "done", "onboard_auxiliary_volumes": "failed"}
+    assert rt.orchestrator.cloud.inventory("i-1") == []
+    assert _instance_state(rt, "i-1") == InstanceState.FAILED
+    # The customer's volumes are free again: a new instance may protect them.
+    assert rt.orchestrator.check_protection(params["primary_workspace_crn"], params["secondary_workspace_crn"],
+                                            params["protected_volumes"]) == []
+
+
+def test_a_compensation_that_fails_is_reported_and_a_later_delete_cleans_up_then_answers_410(
+        tmp_path: Path, made: list[Runtime]) -> None:
+    rt, scripted = _runtime(tmp_path, made, sim_faults="create_replication_group=fail")
+
+    def refuse_during_provision(_action, ctx, _n) -> None:
+        if ctx.operation_type == "provision":
+            raise PermanentBackendError("DR policy service: 500 (injected)")
+    scripted.before["delete_dr_policy"] = refuse_during_provision
+    osb = OSB(create_app(runtime=rt).test_client())
+    r = osb.provision("i-1", params=grs_params(0))
+    assert r.status_code == 202
+    run_to_end(rt.worker, r.json["operation"])
+    report = osb.wait("i-1")
+    assert report["state"] == "failed"
+    assert "cleaned up: delete_replication_group, disable_replication" in report["description"]
+    assert "could not clean up: delete_dr_policy (DR policy service: 500 (injected))" in report["description"]
+    assert [r.kind for r in rt.orchestrator.cloud.inventory("i-1")] == ["dr_policy"]
+    assert steps(rt, r.json["operation"])["create_dr_policy"].state == "failed"
+
+    # Orphan mitigation: the platform deletes the failed instance; the deprovision removes what was left.
+    r = osb.deprovision("i-1")
+    assert r.status_code == 202, r.get_data(as_text=True)
+    run_to_end(rt.worker, r.json["operation"])
+    assert osb.wait("i-1")["state"] == "succeeded"
+    assert rt.orchestrator.cloud.inventory("i-1") == []
+    assert osb.deprovision("i-1").status_code == 410
+
+
+def test_transient_errors_in_a_compensation_are_retried(tmp_path: Path, made: list[Runtime]) -> None:
+    rt, scripted = _runtime(tmp_path, made,
+                            sim_faults="onboard_auxiliary_volumes=fail,delete_replication_group=transient:2")
+    op_id = provision(rt, "i-1", grs_params(0))
+    run_to_end(rt.worker, op_id)
+    failed = op(rt, op_id)
+    assert f"cleaned up: {', '.join(PROVISION_COMPENSATIONS)}" in failed.description
+    assert scripted.calls[(op_id, "delete_replication_group")] == 3
+    assert rt.orchestrator.cloud.inventory("i-1") == []
+
+
+def test_a_crash_during_compensation_resumes_the_compensation_not_the_steps(
+        tmp_path: Path, made: list[Runtime]) -> None:
+    rt, scripted = _runtime(tmp_path, made, sim_faults="onboard_auxiliary_volumes=fail")
+
+    def crash_once(_action, _ctx, n) -> None:
+        if n == 1:
+            raise Crash("died while compensating")
+    scripted.after["disable_replication"] = crash_once
+    op_id = provision(rt, "i-1", grs_params(0))
+    with pytest.raises(Crash):
+        run_to_end(rt.worker, op_id)
+    midway = op(rt, op_id)
+    assert midway.state == OperationState.IN_PROGRESS
+    assert midway.description.startswith("failed, cleaning up: step 6/7")
+    assert midway.payload["failure"] and midway.payload["failed_idx"] == 5
+
+    expire_lease(rt, op_id)
+    run_to_end(second_worker(rt, scripted), op_id)
+    failed = op(rt, op_id)
+    assert failed.state == OperationState.FAILED
+    assert f"cleaned up: {', '.join(PROVISION_COMPENSATIONS)}" in failed.description
+    # No forward step ran again; the compensations (idempotent) ran again from the start.
+    for action in ("validate_sites", "create_dr_policy", "enable_replication", "create_replication_group",
+                   "wait_consistent_copying", "onboard_auxiliary_volumes"):
+        assert scripted.calls[(op_id, action)] == 1, action
+    assert scripted.calls[(op_id, "disable_replication")] == 2
+    assert rt.orchestrator.cloud.inventory("i-1") == []
+    assert _instance_state(rt, "i-1") == InstanceState.FAILED
+
+
+def test_a_failed_bind_compensates_and_leaves_the_instance_untouched(tmp_path: Path, made: list[Runtime]) -> None:
+    rt, _ = _runtime(tmp_path, made, sim_faults="issue_credentials=fail")
+    run_to_end(rt.worker, provision(rt, "i-1", grs_params(0)))
+    before = sorted((r.kind, r.id) for r in rt.orchestrator.cloud.inventory("i-1"))
+    op_id = bind_async(rt, "i-1", "b-1")
+    run_to_end(rt.worker, op_id)
+    failed = op(rt, op_id)
+    assert failed.state == OperationState.FAILED
+    assert "cleaned up: revoke_credentials, delete_service_id" in failed.description
+    assert sorted((r.kind, r.id) for r in rt.orchestrator.cloud.inventory("i-1")) == before
+    with rt.store.read() as tx:
+        assert tx.get_binding("i-1", "b-1").state == BindingState.FAILED
+        assert tx.get_instance("i-1").state == InstanceState.READY
+
+
+def test_delete_arriving_while_a_provision_runs_halts_it_at_the_next_step_and_deprovisions(
+        tmp_path: Path, made: list[Runtime]) -> None:
+    rt, scripted = _runtime(tmp_path, made)
+    accepted: list[str] = []
+
+    def platform_deletes(_action, _ctx, _n) -> None:
+        # The DELETE arrives (and is answered 202) while enable_replication is running.
+        result = rt.service.deprovision(DeprovisionRequest(instance_id="i-1", service_id=SERVICE_ID,
+                                                           plan_id=GRS_PLAN, accepts_incomplete=True))
+        assert result.status == "accepted"
+        accepted.append(result.operation)
+    scripted.after["enable_replication"] = platform_deletes
+    provision_id = provision(rt, "i-1", grs_params(0))
+    run_to_end(rt.worker, provision_id)
+
+    halted = op(rt, provision_id)
+    assert halted.state == OperationState.FAILED and halted.error == "halted"
+    assert scripted.actions_of(provision_id)[-1] == "enable_replication", "it stopped at the next boundary"
+    (deprovision_id,) = accepted
+    assert op(rt, deprovision_id).blocked_by == provision_id
+    assert _instance_state(rt, "i-1") == InstanceState.DEPROVISIONING
+    assert rt.orchestrator.cloud.inventory("i-1"), "the halted provision had created resources"
+
+    assert rt.worker.claim_next() == deprovision_id  # unblocked now that the provision stopped
+    rt.worker.run_claimed(deprovision_id)
+    assert op(rt, deprovision_id).state == OperationState.SUCCEEDED
+    assert rt.orchestrator.cloud.inventory("i-1") == []
+    assert _instance_state(rt, "i-1") == InstanceState.GONE
+    osb = OSB(create_app(runtime=rt).test_client())
+    assert osb.get("/v2/service_instances/i-1/last_operation").json["state"] == "succeeded"
+    assert osb.deprovision("i-1").status_code == 410
+
+
+def test_delete_of_a_half_failed_provision_then_provision_again_with_the_same_id(
+        tmp_path: Path, made: list[Runtime]) -> None:
+    rt, _ = _runtime(tmp_path, made, sim_faults="wait_consistent_copying=fail")
+    osb = OSB(create_app(runtime=rt).test_client())
+    provision_id = osb.provision("i-1", params=grs_params(0)).json["operation"]
+    run_to_end(rt.worker, provision_id)
+    assert osb.wait("i-1")["state"] == "failed"
+    r = osb.deprovision("i-1")
+    assert r.status_code == 202
+    run_to_end(rt.worker, r.json["operation"])
+    assert osb.wait("i-1")["state"] == "succeeded"
+    assert osb.deprovision("i-1").status_code == 410
+    assert rt.orchestrator.cloud.inventory("i-1") == []
+    # Nothing of the failed attempt stands in the way of a new instance on the same volumes.
+    again = rt.service.provision(ProvisionRequest(
+        instance_id="i-1", service_id=SERVICE_ID, plan_id=GRS_PLAN, accepts_incomplete=True,
+        organization_guid="o", space_guid="s", parameters=grs_params(0)))
+    assert again.status == "accepted"
+    assert op(rt, again.operation).type == OperationType.PROVISION
