@@ -184,33 +184,31 @@ def read_paths(iid_for: Any, n: int) -> list[str]:
 
 
 def seed_instances(db_url: str, count: int) -> None:
-    """Write ``count`` ready instances (with their provision operation) straight into the store."""
+    """Write ``count`` ready instances (with their provision operation) through the real store, so that their
+    secret-bearing columns are sealed exactly as the broker writes them."""
     sys.path.insert(0, str(ROOT))
-    from sqlalchemy import insert
+    from broker.app import build_runtime
+    from broker.config import Settings
+    from broker.domain.models import Instance, InstanceState, Operation, OperationState, OperationType
 
-    from broker.store import db
-    from broker.store.tables import instances, operations
-
-    engine = db.make_engine(db_url)
-    db.upgrade(engine)
+    rt = build_runtime(Settings.from_env(env={}, database_url=db_url, sim_step_seconds=0.0,
+                                         username="bench", password="bench"))
     now = time.time()
-    p = json.dumps(params(0), sort_keys=True)
-    for start in range(0, count, 5000):
-        rows_i, rows_o = [], []
-        for k in range(start, min(count, start + 5000)):
-            iid = f"seed-{k:06d}"
-            rows_i.append(dict(id=iid, service_id=SERVICE_ID, plan_id=PLAN_ID, state="ready", parameters=p,
-                               context="{}", request_hash="x", enabled=True, created_at=now, updated_at=now,
-                               dr_state='{"active_site": "primary"}', account_id=ACCOUNT,
-                               maintenance_version="1.0.0"))
-            rows_o.append(dict(id=str(uuid.uuid4()), instance_id=iid, type="provision", state="succeeded",
-                               description="succeeded: provisioned", plan_id=PLAN_ID, step_index=7, step_total=7,
-                               request_hash="x", payload="{}", cancel_requested=False, attempts=1,
-                               created_at=now, finished_at=now))
-        with engine.begin() as conn:
-            conn.execute(insert(instances), rows_i)
-            conn.execute(insert(operations), rows_o)
-    engine.dispose()
+    p = params(0)
+    for start in range(0, count, 2000):
+        with rt.store.write() as tx:
+            for k in range(start, min(count, start + 2000)):
+                iid = f"seed-{k:06d}"
+                tx.insert_instance(Instance(
+                    id=iid, service_id=SERVICE_ID, plan_id=PLAN_ID, state=InstanceState.READY, parameters=p,
+                    context={}, organization_guid="o", space_guid="s", maintenance_version="1.0.0",
+                    dashboard_url=None, request_hash="x", enabled=True, last_active=now, created_at=now,
+                    updated_at=now, dr_state={"active_site": "primary"}, account_id=ACCOUNT))
+                tx.insert_operation(Operation(
+                    id=str(uuid.uuid4()), instance_id=iid, binding_id=None, type=OperationType.PROVISION,
+                    state=OperationState.SUCCEEDED, plan_id=PLAN_ID, request_hash="x", created_at=now,
+                    description="succeeded: provisioned", step_index=7, step_total=7, finished_at=now))
+    rt.store.engine.dispose()
 
 
 def pg_schema_url() -> str:

@@ -40,6 +40,7 @@ from broker.workflows.rpo_sampler import RpoSampler
 from broker.workflows.worker import Worker
 
 log = logging.getLogger("drbroker")
+access_log = logging.getLogger("drbroker.requests")
 
 MAX_BODY_BYTES = 1024 * 1024
 # Endpoints whose errors may say whether the instance is still usable (OSB error rule E2).
@@ -228,6 +229,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @app.after_request
     def _echo(response: Response) -> Response:
+        if request.method != "GET" or response.status_code >= 400:
+            # One line per mutating or refused request, carrying the request identity (never a body).
+            access_log.info("%s %s -> %s", request.method, request.path, response.status_code)
         ident = g.get("request_identity")
         if ident:
             response.headers["X-Broker-API-Request-Identity"] = ident

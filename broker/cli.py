@@ -119,6 +119,79 @@ def catalog_export(fmt: str, locations: str, broker_name: str, broker_guid: str,
 
 
 @main.group()
+def instances() -> None:
+    """The broker's instances (its own state, read from the database)."""
+
+
+def _runtime_for_cli():
+    from broker.app import build_runtime
+
+    try:
+        return build_runtime(Settings.from_env())
+    except CatalogError as exc:
+        raise click.ClickException(f"catalog: {exc}") from None
+
+
+@instances.command("list")
+@click.option("--all", "include_gone", is_flag=True, help="include deprovisioned instances (tombstones)")
+@click.option("--json", "as_json", is_flag=True)
+def instances_list(include_gone: bool, as_json: bool) -> None:
+    """Every instance with its plan, state and DR state."""
+    rt = _runtime_for_cli()
+    with rt.store.read() as tx:
+        rows = tx.list_instances(include_gone=include_gone)
+    out = []
+    for inst in rows:
+        plan = rt.catalog.plan(inst.plan_id)
+        out.append({"id": inst.id, "plan": plan.name if plan else inst.plan_id, "state": inst.state.value,
+                    "enabled": inst.enabled, "active_site": (inst.dr_state or {}).get("active_site"),
+                    "account_id": inst.account_id})
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not out:
+        click.echo("no instances")
+        return
+    click.echo(f"{'INSTANCE':40} {'PLAN':18} {'STATE':15} {'ENABLED':8} ACTIVE SITE")
+    for row in out:
+        click.echo(f"{row['id'][:40]:40} {row['plan']:18} {row['state']:15} {row['enabled']!s:8} "
+                   f"{row['active_site'] or '-'}")
+
+
+@instances.command("show")
+@click.argument("instance_id")
+@click.option("--json", "as_json", is_flag=True)
+def instances_show(instance_id: str, as_json: bool) -> None:
+    """One instance: parameters (secrets left out), live DR attributes, bindings, recent operations."""
+    from broker.services.validation import redact
+
+    rt = _runtime_for_cli()
+    with rt.store.read() as tx:
+        inst = tx.get_instance(instance_id)
+        if inst is None:
+            raise click.ClickException(f"instance {instance_id} does not exist")
+        bindings = tx.list_bindings(instance_id, include_gone=True)
+        ops = tx.list_operations(instance_id=instance_id, limit=10)
+    plan = rt.catalog.plan(inst.plan_id)
+    doc = {"id": inst.id, "plan": plan.name if plan else inst.plan_id, "state": inst.state.value,
+           "enabled": inst.enabled,
+           "parameters": redact(inst.parameters, plan.parameter_schema("provision") if plan else None),
+           "attributes": rt.service.dr_attributes(inst),
+           "bindings": [{"id": b.id, "state": b.state.value} for b in bindings],
+           "operations": [{"id": o.id, "type": o.type.value, "state": o.state.value, "description": o.description}
+                          for o in ops]}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    click.echo(f"{doc['id']}  plan {doc['plan']}  state {doc['state']}  enabled {doc['enabled']}")
+    for key, value in sorted(doc["attributes"].items()):
+        click.echo(f"  {key}: {value}")
+    click.echo("bindings: " + (", ".join(f"{b['id']} ({b['state']})" for b in doc["bindings"]) or "none"))
+    for op in doc["operations"]:
+        click.echo(f"  {op['type']:12} {op['state']:12} {op['description'] or ''}")
+
+
+@main.group()
 def dashboard() -> None:
     """The DR dashboard."""
 

@@ -35,6 +35,7 @@ class Settings:
     sim_faults: str = ""
     catalog_path: str = field(default_factory=_catalog_default)
     log_level: str = "INFO"
+    log_format: str = "text"
     auth: tuple[str, ...] = ("basic",)
     username: str | None = None
     password: str | None = None
@@ -73,6 +74,7 @@ class Settings:
             sim_faults=env.get("DRBROKER_SIM_FAULTS", ""),
             catalog_path=env.get("DRBROKER_CATALOG") or _catalog_default(),
             log_level=(env.get("DRBROKER_LOG_LEVEL") or "INFO").upper(),
+            log_format="json" if (env.get("DRBROKER_LOG_FORMAT") or "").lower() == "json" else "text",
             auth=tuple(a.strip() for a in (env.get("DRBROKER_AUTH") or "basic").split(",") if a.strip()),
             username=env.get("DRBROKER_USERNAME") or None,
             password=env.get("DRBROKER_PASSWORD") or None,

@@ -16,6 +16,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
+from broker import logs
 from broker.app import Runtime, build_runtime, create_app
 from broker.config import Settings
 from broker.security import redaction
@@ -23,9 +24,11 @@ from broker.security import redaction
 log = logging.getLogger("drbroker")
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+def configure_logging(level: str, fmt: str = "text") -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logs.formatter(fmt))
+        handler.addFilter(logs.RequestIdentityFilter())
     # Even at DEBUG: SQLAlchemy would log every statement (its logger follows the root level), and
     # openbrokerapi's blueprint dumps request headers and bodies at DEBUG. Neither is used that way here;
     # pin both anyway, and scrub whatever reaches a handler (broker.security.redaction).
@@ -126,13 +129,13 @@ class BrokerServer(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        configure_logging(self.settings.log_level)
+        configure_logging(self.settings.log_level, self.settings.log_format)
         return create_app(self.settings)
 
 
 def serve(settings: Settings, host: str, port: int, workers: int = 1, *, certfile: str | None = None,
           keyfile: str | None = None) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # Fail fast in the master: a broken catalog or database stops start-up with a clear message, and
     # migrations run once rather than racing in every worker.
     runtime = build_runtime(settings)
