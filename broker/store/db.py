@@ -8,6 +8,8 @@ surface as a spurious 500 under load.
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,24 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+_WRITER_LOCKS: dict[int, threading.RLock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def writer_lock(engine: Engine) -> AbstractContextManager[Any]:
+    """Serialise this process's writers on one SQLite file (a no-op on PostgreSQL).
+
+    SQLite lets one writer in at a time, and a writer that finds the lock taken sleeps in growing steps (up to
+    100 ms) before it looks again, so threads racing for it spend most of their time asleep while the lock is
+    free. Queuing them on a Python lock first hands the database over at once; other processes still meet
+    SQLite's own lock and busy timeout.
+    """
+    if not is_sqlite(engine):
+        return nullcontext()
+    with _WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(id(engine), threading.RLock())
 
 
 def alembic_config() -> Config:

@@ -28,7 +28,7 @@ from broker.domain.models import (
     OperationType,
     StepRecord,
 )
-from broker.store.db import is_sqlite
+from broker.store.db import is_sqlite, writer_lock
 from broker.store.sealed import PlainText, Sealer, open_values, seal_values
 from broker.store.tables import bindings, instances, operation_steps, operations
 
@@ -288,7 +288,7 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Tx]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite; row locks on PostgreSQL)."""
-        with self.engine.connect() as conn:
+        with writer_lock(self.engine), self.engine.connect() as conn:
             if is_sqlite(self.engine):
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():

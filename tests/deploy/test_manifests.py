@@ -235,3 +235,16 @@ def test_every_template_renders_with_defaults(template: str) -> None:
     renderer = Renderer({p.name: p.read_text() for p in (CHART / "templates").iterdir()})
     text = renderer.render(template, {"Values": values, "Release": {"Name": "r"}, "Chart": {}})
     list(yaml.safe_load_all(text))
+
+
+def test_replicas_can_share_one_key_encryption_key_from_a_secret() -> None:
+    docs = render_chart({"kekSecret": "drbroker-kek"})
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "kek")
+    volume = next(v for v in pod["volumes"] if v["name"] == "kek")
+    assert env["DRBROKER_KEK_FILE"].startswith(mount["mountPath"] + "/")
+    assert volume["secret"]["secretName"] == "drbroker-kek"
+    assert volume["secret"]["defaultMode"] == 0o400  # the broker refuses a key file others can read
+    assert "DRBROKER_KEK_FILE" in known_env_vars()

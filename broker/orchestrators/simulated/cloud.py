@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from broker.store.db import writer_lock
 from broker.store.tables import sim_resources
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class SimulatedCloud:
                       binding_id=binding_id, state=state, data=json.dumps(dict(data), sort_keys=True),
                       created_at=now, updated_at=now)
         try:
-            with self.engine.begin() as conn:
+            with writer_lock(self.engine), self.engine.begin() as conn:
                 conn.execute(insert(sim_resources).values(**values))
         except IntegrityError:
             # A concurrent attempt created it first; ours is discarded. Leases keep one step from running in
@@ -102,7 +103,7 @@ class SimulatedCloud:
     def update(self, res: Resource, *, state: str | None = None, data: Mapping[str, Any] | None = None) -> Resource:
         merged = {**res.data, **(data or {})}
         new_state = state if state is not None else res.state
-        with self.engine.begin() as conn:
+        with writer_lock(self.engine), self.engine.begin() as conn:
             conn.execute(update(sim_resources).where(sim_resources.c.id == res.id).values(
                 state=new_state, data=json.dumps(merged, sort_keys=True), updated_at=time.time()))
         return Resource(id=res.id, kind=res.kind, name=res.name, instance_id=res.instance_id,
@@ -122,7 +123,7 @@ class SimulatedCloud:
 
     def remove(self, kind: str, instance_id: str, binding_id: str | None = None, part: str = "") -> bool:
         name = resource_name(kind, instance_id, binding_id, part)
-        with self.engine.begin() as conn:
+        with writer_lock(self.engine), self.engine.begin() as conn:
             return conn.execute(delete(sim_resources).where(and_(
                 sim_resources.c.kind == kind, sim_resources.c.name == name))).rowcount > 0
 
@@ -130,11 +131,11 @@ class SimulatedCloud:
         cond = [sim_resources.c.kind == kind, sim_resources.c.instance_id == instance_id]
         if binding_id is not None:
             cond.append(sim_resources.c.binding_id == binding_id)
-        with self.engine.begin() as conn:
+        with writer_lock(self.engine), self.engine.begin() as conn:
             return conn.execute(delete(sim_resources).where(and_(*cond))).rowcount
 
     def remove_binding_resources(self, instance_id: str) -> int:
-        with self.engine.begin() as conn:
+        with writer_lock(self.engine), self.engine.begin() as conn:
             return conn.execute(delete(sim_resources).where(and_(
                 sim_resources.c.instance_id == instance_id, sim_resources.c.binding_id.is_not(None)))).rowcount
 
@@ -148,7 +149,7 @@ class SimulatedCloud:
                        state=state, data=json.dumps(data, sort_keys=True), created_at=now, updated_at=now)
                   for kind, natural, state, data in rows]
         try:
-            with self.engine.begin() as conn:
+            with writer_lock(self.engine), self.engine.begin() as conn:
                 conn.execute(insert(sim_resources), values)
         except IntegrityError:
             pass  # another process seeded it first
