@@ -35,8 +35,9 @@ class JsonFormatter(logging.Formatter):
         ident = getattr(record, "request_identity", None)
         if ident and ident != "-":
             entry["request_identity"] = ident
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            # exc_text first: the redaction filter (broker.security.redaction) leaves the scrubbed traceback there.
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 

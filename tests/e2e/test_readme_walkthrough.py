@@ -68,3 +68,37 @@ def test_readme_walkthrough(broker_factory: Callable[..., BrokerProcess], tmp_pa
     assert deprovision["operation"] and deprovision["operation"] != provision["operation"], output
     assert broker.alive()
 
+
+
+DR_BLOCK = re.compile(r"<!-- dr-walkthrough:start -->\s*```bash\n(?P<script>.*?)```\s*<!-- dr-walkthrough:end -->",
+                      re.S)
+
+
+def test_readme_dr_walkthrough(broker_factory: Callable[..., BrokerProcess], tmp_path: Path) -> None:
+    """The DR walk-through (ksys-managed-byok: bind, rehearsal, achieved RPO, clean-up), after the first block's
+    settings, in the same shell, from a folder where `.venv/bin/drbroker` exists as after `make run`."""
+    import sys
+
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    (workdir / ".venv").symlink_to(Path(sys.prefix))
+    env = base_env(None, DRBROKER_CATALOG=str(REPO / "catalog"), DRBROKER_SIM_STEP_SECONDS="0.05")
+    del env["DRBROKER_USERNAME"], env["DRBROKER_PASSWORD"]
+    broker = broker_factory(None, cwd=workdir, env=env, port=free_port())
+    password = re.search(r"^  password: (\S+)$", broker.log_tail(100_000), re.M).group(1)
+    dr = DR_BLOCK.search(README.read_text(encoding="utf-8"))
+    assert dr, "README.md has no DR walkthrough block"
+    script = walkthrough(broker.port) + "\n" + dr.group("script")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir,
+                            env={**env, "BROKER_PASSWORD": password}, capture_output=True, text=True, timeout=180,
+                            check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "succeeded: test_failover done" in output, output
+    assert "replication_state: consistent_copying" in result.stdout, output
+    assert "rpo_met: True" in result.stdout, output
+    assert re.search(r"last_rehearsal_rto_seconds: \d", result.stdout), output
+    assert "test_failover_active: True" in result.stdout, output
+    assert '"wrapped_dek"' in result.stdout and '"plaintext"' not in result.stdout, output
+    assert "succeeded: cleanup_test done" in output, output
+    assert result.stdout.rstrip().endswith("no simulated resources"), output

@@ -108,3 +108,23 @@ def test_serve_logging_neutralises_openbrokerapi_dump_and_sqlalchemy_echo() -> N
     assert "gunicorn says" in logs
     assert "SELECT 1" not in logs
     assert logs.count("--- Header") == 1
+
+
+_JSON_LOGGING = r"""
+import logging
+from broker.server import configure_logging
+configure_logging("DEBUG", "json")
+try:
+    raise RuntimeError("failed with {'password': 'json-traceback-secret'}")
+except RuntimeError:
+    logging.getLogger("drbroker").exception("request with Authorization: Basic anNvbi1sZWFrLWF1dGg=")
+"""
+
+
+def test_json_logs_are_scrubbed_too_tracebacks_included() -> None:
+    out = subprocess.run([sys.executable, "-c", _JSON_LOGGING], capture_output=True, text=True, timeout=60,
+                         check=True)
+    logs = out.stdout + out.stderr
+    assert '"exception"' in logs and "RuntimeError" in logs
+    for secret in ("json-traceback-secret", "anNvbi1sZWFrLWF1dGg="):
+        assert secret not in logs
