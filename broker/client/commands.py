@@ -154,6 +154,16 @@ def _current(ctx: Ctx, instance_id: str) -> dict[str, Any]:
         raise
 
 
+def _service_and_plan(ctx: Ctx, instance_id: str, service: str | None, plan: str | None) -> tuple[str, str]:
+    """The given service and plan (names or ids), or else the instance's own."""
+    if service and plan:
+        sid, pid = _ids(ctx, service, plan)
+        assert pid is not None
+        return sid, pid
+    current = _current(ctx, instance_id)
+    return current["service_id"], current["plan_id"]
+
+
 @client.command()
 @click.pass_obj
 def catalog(ctx: Ctx) -> None:
@@ -257,12 +267,7 @@ def dr_action(ctx: Ctx, instance_id: str, kind: str, mode: str | None, wait: boo
 def deprovision(ctx: Ctx, instance_id: str, service: str | None, plan: str | None, wait: bool,
                 timeout: float) -> None:
     """Delete an instance."""
-    if service and plan:
-        sid, pid = _ids(ctx, service, plan)
-    else:
-        current = _current(ctx, instance_id)
-        sid, pid = current["service_id"], current["plan_id"]
-    assert pid is not None
+    sid, pid = _service_and_plan(ctx, instance_id, service, plan)
     try:
         resp = ctx.client.deprovision(instance_id, sid, pid)
     except ClientError as exc:
@@ -310,12 +315,7 @@ def last_operation(ctx: Ctx, instance_id: str, binding_id: str | None, operation
 def bind(ctx: Ctx, instance_id: str, binding_id: str, service: str | None, plan: str | None,
          parameters: str | None, serviceid_crn: str | None) -> None:
     """Create a binding and print its credentials."""
-    if service and plan:
-        sid, pid = _ids(ctx, service, plan)
-    else:
-        current = _current(ctx, instance_id)
-        sid, pid = current["service_id"], current["plan_id"]
-    assert pid is not None
+    sid, pid = _service_and_plan(ctx, instance_id, service, plan)
     try:
         resp = ctx.client.bind(instance_id, binding_id, sid, pid, _load_json(parameters, "-c"),
                                {"serviceid_crn": serviceid_crn} if serviceid_crn else None)
@@ -333,12 +333,7 @@ def bind(ctx: Ctx, instance_id: str, binding_id: str, service: str | None, plan:
 @click.pass_obj
 def unbind(ctx: Ctx, instance_id: str, binding_id: str, service: str | None, plan: str | None) -> None:
     """Delete a binding."""
-    if service and plan:
-        sid, pid = _ids(ctx, service, plan)
-    else:
-        current = _current(ctx, instance_id)
-        sid, pid = current["service_id"], current["plan_id"]
-    assert pid is not None
+    sid, pid = _service_and_plan(ctx, instance_id, service, plan)
     try:
         resp = ctx.client.unbind(instance_id, binding_id, sid, pid)
     except ClientError as exc:
