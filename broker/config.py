@@ -17,7 +17,8 @@ def _catalog_default() -> str:
     return str(here if here.is_dir() else Path("catalog"))
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number from the environment; a value that is not one stops start-up naming the variable."""
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -70,7 +71,7 @@ class Settings:
         settings = cls(
             database_url=env.get("DRBROKER_DATABASE_URL") or cls.database_url,
             orchestrator=env.get("DRBROKER_ORCHESTRATOR") or "simulated",
-            sim_step_seconds=_float(env, "DRBROKER_SIM_STEP_SECONDS", 1.0),
+            sim_step_seconds=env_float(env, "DRBROKER_SIM_STEP_SECONDS", 1.0),
             sim_faults=env.get("DRBROKER_SIM_FAULTS", ""),
             catalog_path=env.get("DRBROKER_CATALOG") or _catalog_default(),
             log_level=(env.get("DRBROKER_LOG_LEVEL") or "INFO").upper(),
@@ -79,12 +80,12 @@ class Settings:
             username=env.get("DRBROKER_USERNAME") or None,
             password=env.get("DRBROKER_PASSWORD") or None,
             public_url=env.get("DRBROKER_PUBLIC_URL") or None,
-            lease_seconds=_float(env, "DRBROKER_LEASE_SECONDS", 15.0),
-            poll_seconds=_float(env, "DRBROKER_POLL_SECONDS", 0.5),
-            sync_bind_timeout=_float(env, "DRBROKER_SYNC_BIND_TIMEOUT", 60.0),
-            worker_threads=int(_float(env, "DRBROKER_WORKER_THREADS", 2)),
-            account_instance_limit=int(_float(env, "DRBROKER_ACCOUNT_INSTANCE_LIMIT", 20)),
-            rpo_sample_seconds=_float(env, "DRBROKER_RPO_SAMPLE_SECONDS", 60.0),
+            lease_seconds=env_float(env, "DRBROKER_LEASE_SECONDS", 15.0),
+            poll_seconds=env_float(env, "DRBROKER_POLL_SECONDS", 0.5),
+            sync_bind_timeout=env_float(env, "DRBROKER_SYNC_BIND_TIMEOUT", 60.0),
+            worker_threads=int(env_float(env, "DRBROKER_WORKER_THREADS", 2)),
+            account_instance_limit=int(env_float(env, "DRBROKER_ACCOUNT_INSTANCE_LIMIT", 20)),
+            rpo_sample_seconds=env_float(env, "DRBROKER_RPO_SAMPLE_SECONDS", 60.0),
             dashboard_secret=env.get("DRBROKER_DASHBOARD_SECRET") or None,
             metrics_public=(env.get("DRBROKER_METRICS_PUBLIC") or "").lower() in ("1", "true", "yes"),
             iam_url=(env.get("DRBROKER_IAM_URL") or "https://iam.cloud.ibm.com").rstrip("/"),

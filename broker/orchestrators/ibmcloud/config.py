@@ -24,17 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from broker.config import env_float
 from broker.orchestrators.ibmcloud.endpoints import SERVICES, Endpoints
-
-
-def _num(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number") from None
 
 
 @dataclass(frozen=True)
@@ -67,10 +58,10 @@ class IbmCloudConfig:
             region=env.get("DRBROKER_IBMCLOUD_REGION") or "us-south",
             kms_instance_id=env.get("DRBROKER_IBMCLOUD_KMS_INSTANCE_ID") or None,
             resource_group_id=env.get("DRBROKER_IBMCLOUD_RESOURCE_GROUP_ID") or None,
-            wait_seconds=_num(env, "DRBROKER_IBMCLOUD_WAIT_SECONDS", 1800.0),
-            poll_seconds=_num(env, "DRBROKER_IBMCLOUD_POLL_SECONDS", 10.0),
-            timeout_seconds=_num(env, "DRBROKER_IBMCLOUD_TIMEOUT_SECONDS", 60.0),
+            wait_seconds=env_float(env, "DRBROKER_IBMCLOUD_WAIT_SECONDS", 1800.0),
+            poll_seconds=env_float(env, "DRBROKER_IBMCLOUD_POLL_SECONDS", 10.0),
+            timeout_seconds=env_float(env, "DRBROKER_IBMCLOUD_TIMEOUT_SECONDS", 60.0),
             metering_resource_id=env.get("DRBROKER_METERING_RESOURCE_ID") or None,
-            metering_interval_seconds=_num(env, "DRBROKER_METERING_INTERVAL_SECONDS", 300.0),
-            metering_hour_seconds=int(_num(env, "DRBROKER_METERING_HOUR_SECONDS", 3600)),
+            metering_interval_seconds=env_float(env, "DRBROKER_METERING_INTERVAL_SECONDS", 300.0),
+            metering_hour_seconds=int(env_float(env, "DRBROKER_METERING_HOUR_SECONDS", 3600)),
         )
