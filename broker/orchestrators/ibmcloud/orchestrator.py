@@ -684,6 +684,8 @@ class IbmCloudOrchestrator:
             self.powervs.delete_volume_group(secondary, group_id)
         for vol in aux:
             self.powervs.delete_volume(secondary, vol["volumeID"])
+        # PowerVS deletes volumes asynchronously (state "deleting"); the tear-down is done when they are gone.
+        self._wait("deleting the auxiliary volumes", lambda: (not self._aux_volumes(ctx), "deleting"))
         return {"removed_auxiliary_volumes": [v["volumeID"] for v in aux]}
 
     def _delete_root_key(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -931,6 +933,8 @@ class IbmCloudOrchestrator:
         for vol in self._rehearsal_volumes(ctx):
             self.powervs.delete_volume(secondary, vol["volumeID"])
             removed.append(vol["volumeID"])
+        # Deletion is asynchronous: a rehearsal started right after must not find these half-deleted copies.
+        self._wait("deleting the rehearsal volumes", lambda: (not self._rehearsal_volumes(ctx), "deleting"))
         return {"removed_rehearsal_volumes": removed}
 
     def _power(self, site: str, action: str, target: str) -> Action:
