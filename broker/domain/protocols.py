@@ -76,3 +76,11 @@ class Orchestrator(Protocol):
     def replication_status(self, instance_id: str) -> ReplicationStatus | None:
         """The instance's replication group state, or None when it has none (yet)."""
         ...
+
+    def replication_statuses(self, instance_ids: Sequence[str]) -> dict[str, ReplicationStatus]:
+        """``replication_status`` of many instances at once, for periodic sampling of every instance.
+
+        Only instances that have replication appear in the result. A backend that can read many groups in
+        one request should; one that cannot may loop over ``replication_status``.
+        """
+        ...

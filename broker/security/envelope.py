@@ -25,6 +25,7 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -229,8 +230,13 @@ class LocalKeyFile:
 class Envelope:
     """Seals text (AES-256-GCM, a data key per value) and opens it again; the store's ``Sealer``."""
 
-    def __init__(self, kek: KeyEncryptionKey) -> None:
+    def __init__(self, kek: KeyEncryptionKey, *, cache_size: int = 4096) -> None:
         self.kek = kek
+        # Reads open the same few rows again and again (a platform polls last_operation, fetches instances).
+        # A sealed value is immutable text (a re-wrap or a new write makes a new string), and its plaintext is
+        # in this process's memory whenever it is used anyway, so the opened value is kept for the next read;
+        # a tampered value is a different string and is opened, and refused, afresh.
+        self._open = functools.lru_cache(maxsize=cache_size)(self._unseal) if cache_size else self._unseal
 
     @staticmethod
     def is_sealed(value: str | None) -> bool:
@@ -263,6 +269,9 @@ class Envelope:
         introduced) is returned as it is, and ``drbroker keys rotate`` seals it."""
         if not self.is_sealed(value):
             return value
+        return self._open(value, aad)
+
+    def _unseal(self, value: str, aad: str) -> str:
         doc = self._parse(value)
         try:
             wrapped, nonce, body = _unb64(doc["w"]), _unb64(doc["n"]), _unb64(doc["c"])

@@ -363,13 +363,14 @@ class BrokerService:
                              update_repeatable=repeatable)
 
     def last_operation(self, instance_id: str, operation: str | None = None) -> LastOperation:
-        with self.store.read() as tx:
-            inst = tx.get_instance(instance_id)
-            if inst is None:
-                raise NotFound(f"instance {instance_id} does not exist")
+        with self.store.read(snapshot=False) as tx:
             op = tx.get_operation(operation) if operation else None
             if op is None or op.instance_id != instance_id or op.type.is_binding:
                 op = tx.latest_instance_operation(instance_id)
+            # Instance rows are never deleted, and an operation is written with its instance: only when there
+            # is no operation can the instance be missing.
+            if op is None and not tx.instance_exists(instance_id):
+                raise NotFound(f"instance {instance_id} does not exist")
         if op is None:
             raise NotFound(f"instance {instance_id} has no operation")
         return self._report(op)
@@ -390,20 +391,19 @@ class BrokerService:
 
     # fetch ----------------------------------------------------------------------------------------
     def get_instance(self, instance_id: str) -> dict[str, Any]:
-        with self.store.read() as tx:
-            inst = tx.get_instance(instance_id)
-            if inst is None or inst.state in (InstanceState.GONE, InstanceState.PROVISIONING,
-                                              InstanceState.FAILED):
-                raise NotFound(f"instance {instance_id} does not exist or is still being provisioned")
-            active = tx.active_operations(instance_id)
-            bindings = tx.list_bindings(instance_id)
-        if any(o.type == OperationType.UPDATE for o in active):
+        with self.store.read(snapshot=False) as tx:
+            summary = tx.instance_summary(instance_id)
+        if summary is None or summary[0].state in (InstanceState.GONE, InstanceState.PROVISIONING,
+                                                   InstanceState.FAILED):
+            raise NotFound(f"instance {instance_id} does not exist or is still being provisioned")
+        inst, updating, bound = summary
+        if updating:
             raise ConcurrencyError(f"instance {instance_id} is being updated")
         plan = self.catalog.plan(inst.plan_id)
         params = redact(inst.parameters, plan.parameter_schema("provision") if plan else None)
         attributes: dict[str, Any] = {
             "state": inst.state.value, "enabled": inst.enabled,
-            "bindings": sum(1 for b in bindings if b.state == BindingState.BOUND),
+            "bindings": bound,
             **self.dr_attributes(inst)}
         body: dict[str, Any] = {
             "service_id": inst.service_id,

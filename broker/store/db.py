@@ -21,6 +21,14 @@ from sqlalchemy.engine import make_url
 _ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
 
+# Every thread of a serving process may hold a connection at once: gunicorn's request threads (8), the
+# operation worker's threads and its heartbeat, the RPO sampler. Connections beyond the pool's size are opened
+# and closed on each use, which on SQLite repeats the connection set-up (journal mode, busy timeout) per
+# request; the pool keeps enough for all of them.
+POOL_SIZE = 16
+POOL_OVERFLOW = 16
+
+
 def normalise_url(url: str) -> str:
     """Accept the URLs users write: ``postgresql://`` selects the psycopg 3 driver."""
     parsed = make_url(url)
@@ -41,10 +49,11 @@ def make_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # hide_parameters: statement values never appear in SQLAlchemy's logs or exception messages.
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               hide_parameters=True)
+                               hide_parameters=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW,
+                         hide_parameters=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -61,7 +70,14 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # Straight to the driver: BEGIN needs none of SQLAlchemy's statement machinery, and it runs for
+        # every transaction the broker opens. No mode: each statement is its own transaction (the driver is
+        # in autocommit mode, and COMMIT with no transaction open is skipped by it).
+        if mode is not None:
+            conn.connection.dbapi_connection.execute(_BEGIN[mode])
+
+
+_BEGIN = {"DEFERRED": "BEGIN DEFERRED", "IMMEDIATE": "BEGIN IMMEDIATE"}
 
 
 _WRITER_LOCKS: dict[int, threading.RLock] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from broker.domain.catalog import Catalog, Plan
@@ -42,6 +43,14 @@ _DONE_VERB = {
     OperationType.BIND: "bound",
     OperationType.UNBIND: "unbound",
 }
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A step performed, not yet recorded: its index, outputs, and any credentials for the binding row."""
+    idx: int
+    outputs: dict[str, Any]
+    credentials: Any = None
 
 
 class LeaseLost(Exception):
@@ -133,13 +142,16 @@ class Engine:
     def _guard(self, owner: str) -> dict[str, Any]:
         return {"lease_owner": owner, "state": OperationState.IN_PROGRESS}
 
-    def _load(self, op_id: str) -> tuple[Operation, Instance | None, Binding | None]:
+    def _load(self, op_id: str) -> tuple[Operation, Instance | None, Binding | None, dict[int, StepRecord]]:
+        """Everything a run needs, read once: the instance and binding do not change under a running operation
+        (the service refuses concurrent changes), and each later write is guarded on the lease."""
         with self.store.read() as tx:
             op = tx.get_operation(op_id)
             assert op is not None
             inst = tx.get_instance(op.instance_id)
             binding = tx.get_binding(op.instance_id, op.binding_id) if op.binding_id else None
-        return op, inst, binding
+            records = {r.idx: r for r in tx.steps(op.id)}
+        return op, inst, binding, records
 
     def _context(self, op: Operation, inst: Instance | None, binding: Binding | None,
                  outputs: Mapping[str, Any]) -> StepContext:
@@ -156,12 +168,10 @@ class Engine:
         )
 
     def _run(self, op_id: str, owner: str, should_stop: Callable[[], bool]) -> None:
-        op, inst, binding = self._load(op_id)
+        op, inst, binding, records = self._load(op_id)
         if op.state != OperationState.IN_PROGRESS or op.lease_owner != owner:
             raise LeaseLost(op_id)
         steps = self.steps(op)
-        with self.store.read() as tx:
-            records = {r.idx: r for r in tx.steps(op.id)}
         outputs: dict[str, Any] = {}
         for idx in range(min(op.step_index, len(steps))):
             if idx in records:
@@ -173,27 +183,28 @@ class Engine:
                        failed_idx=op.payload.get("failed_idx", op.step_index))
             return
 
+        pending: _Done | None = None  # a step performed whose record is written with the next transition
         for idx in range(op.step_index, len(steps)):
             if should_stop():
-                self._release(op.id, owner)
-                return
-            op, inst, binding = self._load(op.id)
-            if op.lease_owner != owner or op.state != OperationState.IN_PROGRESS:
-                raise LeaseLost(op.id)
-            if op.cancel_requested:
-                self._halt(op, owner)
+                self._release(op, owner, pending)
                 return
             step = steps[idx]
             where = f"step {idx + 1}/{len(steps)} ({step.title})"
             due = self.deadline(op)
             if due is not None and self.clock() >= due:
+                if pending is not None:
+                    self._advance(op, owner, pending, None)
+                    pending = None
                 # The steps before idx are done and are compensated; so is step idx if an earlier run started
                 # it (a crash may have left part of it behind; compensations are idempotent).
                 self._fail(op, inst, binding, steps, outputs, owner,
                            timeout_reason(self.catalog, op, f"stopped before {where}"),
                            failed_idx=idx if idx in records else idx - 1)
                 return
-            self._start_step(op, idx, step, len(steps), owner, records.get(idx))
+            if not self._advance(op, owner, pending, (idx, step, len(steps), records.get(idx))):
+                self._halt(op, owner)
+                return
+            pending = None
             ctx = self._context(op, inst, binding, outputs)
             began = time.perf_counter()
             try:
@@ -216,21 +227,58 @@ class Engine:
                 return
             self._observe(step.action, began, ok=True)
             result = dict(result)
-            self._finish_step(op.id, idx, step, owner, result)
+            # Credentials go straight to the binding row (the one place secrets are kept), never into the step
+            # record or the outputs later steps see.
+            credentials = result.pop("credentials", None)
+            if credentials is not None:
+                result["credentials_issued"] = True
+            pending = _Done(idx, result, credentials)
             outputs.update(result)
-        self._succeed(op.id, owner, outputs)
+        self._succeed(op, inst, owner, outputs, len(steps), pending)
 
-    def _start_step(self, op: Operation, idx: int, step: Step, total: int, owner: str,
-                    previous: StepRecord | None) -> None:
+    def _advance(self, op: Operation, owner: str, done: _Done | None,
+                 start: tuple[int, Step, int, StepRecord | None] | None) -> bool:
+        """One write transaction between steps: record the step just performed (``done``) and start the next
+        one (``start``). False when the operation was asked to halt (a deprovision or unbind arrived): the
+        performed step is still recorded, the next is not started. Raises LeaseLost when the lease is gone."""
         now = self.clock()
         with self.store.write() as tx:
-            if not tx.update_operation(op.id, expect=self._guard(owner), step_started_at=now,
-                                       step_total=total, description=f"step {idx + 1}/{total}: {step.title}"):
-                raise LeaseLost(op.id)
+            if start is None:
+                if done is not None:
+                    self._record_done(tx, op, owner, done, now)
+                return True
+            idx, step, total, previous = start
+            fields: dict[str, Any] = dict(step_started_at=now, step_total=total,
+                                          description=f"step {idx + 1}/{total}: {step.title}")
+            if done is not None:
+                fields["step_index"] = done.idx + 1
+            if not tx.update_operation(op.id, expect={**self._guard(owner), "cancel_requested": False}, **fields):
+                current = tx.get_operation(op.id)
+                if current is None or current.lease_owner != owner or current.state != OperationState.IN_PROGRESS:
+                    raise LeaseLost(op.id)
+                if done is not None:
+                    self._record_done(tx, op, owner, done, now)
+                return False
+            if done is not None:
+                self._write_done(tx, op, done, now)
             tx.upsert_step(StepRecord(
                 operation_id=op.id, idx=idx, name=step.action, state="running",
                 attempts=(previous.attempts if previous else 0) + 1, started_at=now, finished_at=None,
-                outputs={}, error=None))
+                outputs={}, error=None), new=previous is None)
+        return True
+
+    def _record_done(self, tx: Tx, op: Operation, owner: str, done: _Done, now: float) -> None:
+        if not tx.update_operation(op.id, expect=self._guard(owner), step_index=done.idx + 1):
+            raise LeaseLost(op.id)
+        self._write_done(tx, op, done, now)
+
+    @staticmethod
+    def _write_done(tx: Tx, op: Operation, done: _Done, now: float) -> None:
+        if done.credentials is not None:
+            assert op.binding_id is not None
+            tx.update_binding(op.instance_id, op.binding_id, credentials=done.credentials, updated_at=now)
+        # attempts, started_at and the last transient error stay as the start and any retries wrote them
+        tx.update_step(op.id, done.idx, state="done", finished_at=now, outputs=done.outputs)
 
     def _observe(self, action: str, began: float, *, ok: bool) -> None:
         if self.observer is not None:
@@ -254,29 +302,13 @@ class Engine:
                 tx.upsert_step(StepRecord(**{**rec.__dict__, "attempts": rec.attempts + 1,
                                              "error": str(exc)[:2000]}))
 
-    def _finish_step(self, op_id: str, idx: int, step: Step, owner: str, result: dict[str, Any]) -> None:
+    def _release(self, op: Operation, owner: str, done: _Done | None = None) -> None:
+        """Stop at a step boundary and let any worker (this one after a restart, or another) resume."""
         now = self.clock()
         with self.store.write() as tx:
-            if not tx.update_operation(op_id, expect=self._guard(owner), step_index=idx + 1):
-                raise LeaseLost(op_id)
-            credentials = result.pop("credentials", None)
-            if credentials is not None:
-                # Credentials go straight to the binding row (the one place secrets are kept), never into
-                # the step record.
-                op = tx.get_operation(op_id)
-                assert op is not None and op.binding_id is not None
-                tx.update_binding(op.instance_id, op.binding_id, credentials=credentials, updated_at=now)
-                result["credentials_issued"] = True
-            rec = {r.idx: r for r in tx.steps(op_id)}.get(idx)
-            tx.upsert_step(StepRecord(
-                operation_id=op_id, idx=idx, name=step.action, state="done",
-                attempts=rec.attempts if rec else 1, started_at=rec.started_at if rec else now,
-                finished_at=now, outputs=result, error=rec.error if rec else None))  # last transient error
-
-    def _release(self, op_id: str, owner: str) -> None:
-        """Stop at a step boundary and let any worker (this one after a restart, or another) resume."""
-        with self.store.write() as tx:
-            tx.update_operation(op_id, expect=self._guard(owner), lease_owner=None, lease_until=0.0)
+            if done is not None:
+                self._record_done(tx, op, owner, done, now)
+            tx.update_operation(op.id, expect=self._guard(owner), lease_owner=None, lease_until=0.0)
 
     def _halt(self, op: Operation, owner: str) -> None:
         what = "deprovision" if op.type == OperationType.PROVISION else "unbind"
@@ -304,22 +336,19 @@ class Engine:
                 text += f" (target {target} min)"
         return text
 
-    def _succeed(self, op_id: str, owner: str, outputs: dict[str, Any]) -> None:
+    def _succeed(self, op: Operation, inst: Instance | None, owner: str, outputs: dict[str, Any], total: int,
+                 done: _Done | None) -> None:
         now = self.clock()
-        with self.store.read() as tx:
-            current = tx.get_operation(op_id)
-            inst_now = tx.get_instance(current.instance_id) if current else None
-        assert current is not None
-        params = current.payload.get("target_parameters") or (inst_now.parameters if inst_now else {})
-        description = self.success_description(current, params)
+        params = op.payload.get("target_parameters") or (inst.parameters if inst else {})
+        description = self.success_description(op, params)
         with self.store.write() as tx:
-            op = tx.get_operation(op_id)
-            assert op is not None
-            if not tx.update_operation(op_id, expect=self._guard(owner), state=OperationState.SUCCEEDED,
+            if done is not None:
+                self._record_done(tx, op, owner, done, now)
+            if not tx.update_operation(op.id, expect=self._guard(owner), state=OperationState.SUCCEEDED,
                                        description=description,
                                        finished_at=now, lease_owner=None, lease_until=None,
-                                       step_index=op.step_total):
-                raise LeaseLost(op_id)
+                                       step_index=total):
+                raise LeaseLost(op.id)
             inst = tx.get_instance(op.instance_id)
             dr_state = {**(inst.dr_state if inst else {}), **outputs.get("dr_state", {})}
             if op.type == OperationType.PROVISION:
@@ -356,7 +385,7 @@ class Engine:
                 assert op.binding_id is not None
                 tx.update_binding(op.instance_id, op.binding_id, state=BindingState.GONE.value,
                                   credentials=None, updated_at=now)
-        log.info("operation %s (%s %s) succeeded", op_id, op.type.value, op.instance_id)
+        log.info("operation %s (%s %s) succeeded", op.id, op.type.value, op.instance_id)
 
     def _mark_step(self, tx: Tx, op_id: str, idx: int, state: str, error: str | None) -> None:
         rec = {r.idx: r for r in tx.steps(op_id)}.get(idx)

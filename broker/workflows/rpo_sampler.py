@@ -2,6 +2,11 @@
 
 One sampler per process; samples are keyed by (instance, time bucket), so several processes sampling the same
 bucket write one row (the duplicate insert is ignored). Old samples are pruned.
+
+A round costs a few statements per page of instances, not per instance: the ready ids are read a page at a
+time (keyset, by id), the backend is asked for the page's statuses at once, and the page's samples are
+inserted in one transaction. The sampler pauses briefly between pages so that at start-up, when it runs at
+once over every instance, it does not hold the CPU (and the SQLite writer lock) away from request threads.
 """
 
 from __future__ import annotations
@@ -9,13 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.domain.models import InstanceState
 from broker.domain.protocols import Orchestrator
+from broker.store.db import is_sqlite, writer_lock
 from broker.store.repository import Store
 from broker.store.tables import instances, rpo_samples
 
@@ -24,12 +31,15 @@ log = logging.getLogger(__name__)
 
 class RpoSampler:
     def __init__(self, store: Store, orchestrator: Orchestrator, *, interval: float = 60.0,
-                 keep_seconds: float = 7 * 86400, clock: Callable[[], float] = time.time) -> None:
+                 keep_seconds: float = 7 * 86400, clock: Callable[[], float] = time.time,
+                 page_size: int = 500, page_pause: float = 0.01) -> None:
         self.store = store
         self.orchestrator = orchestrator
         self.interval = max(1.0, interval)
         self.keep_seconds = keep_seconds
         self.clock = clock
+        self.page_size = max(1, page_size)
+        self.page_pause = max(0.0, page_pause)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,28 +64,64 @@ class RpoSampler:
             self._stop.wait(self.interval)
 
     def sample_once(self) -> int:
-        """Record one sample per ready instance for the current time bucket; return how many were new."""
+        """Record one sample per ready instance for the current time bucket; return how many were new.
+
+        Stops after the current page when the sampler is stopped; the pages already written stay.
+        """
         now = self.clock()
         bucket = int(now // self.interval * self.interval)
-        with self.store.engine.connect() as conn:
-            ids = [r[0] for r in conn.execute(select(instances.c.id).where(
-                instances.c.state == InstanceState.READY.value))]
         written = 0
-        for iid in ids:
-            status = self.orchestrator.replication_status(iid)
-            if status is None:
-                continue
-            rpo = None if status.freeze_time is None else max(0.0, now - status.freeze_time)
-            try:
-                with self.store.engine.begin() as conn:
-                    conn.execute(insert(rpo_samples).values(instance_id=iid, at=bucket, achieved_rpo_seconds=rpo,
-                                                            replication_state=status.state))
-                written += 1
-            except IntegrityError:
-                pass  # another process took this bucket
-        with self.store.engine.begin() as conn:
+        after: str | None = None
+        while True:
+            ids = self._ready_ids(after)
+            if not ids:
+                break
+            statuses = self.orchestrator.replication_statuses(ids)
+            rows = []
+            for iid in ids:
+                status = statuses.get(iid)
+                if status is None:
+                    continue  # no replication group (yet): nothing to sample
+                rpo = None if status.freeze_time is None else max(0.0, now - status.freeze_time)
+                rows.append(dict(instance_id=iid, at=bucket, achieved_rpo_seconds=rpo,
+                                 replication_state=status.state))
+            written += self._insert(rows)
+            after = ids[-1]
+            if len(ids) < self.page_size or self._stop.wait(self.page_pause):
+                break
+        with writer_lock(self.store.engine), _begin_write(self.store.engine) as conn:
             conn.execute(delete(rpo_samples).where(rpo_samples.c.at < now - self.keep_seconds))
         return written
+
+    def _ready_ids(self, after: str | None) -> list[str]:
+        stmt = (select(instances.c.id).where(instances.c.state == InstanceState.READY.value)
+                .order_by(instances.c.id).limit(self.page_size))
+        if after is not None:
+            stmt = stmt.where(instances.c.id > after)
+        with self.store.engine.connect() as conn:
+            return [r[0] for r in conn.execute(stmt)]
+
+    def _insert(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert a page's samples in one statement; a bucket another process sampled first is skipped."""
+        if not rows:
+            return 0
+        engine = self.store.engine
+        dialect_insert = sqlite.insert if is_sqlite(engine) else postgresql.insert
+        # One multi-row INSERT. ON CONFLICT DO NOTHING skips a row another process inserted first (and keeps
+        # the rest of the page); RETURNING names the rows really inserted, which rowcount does not do on every
+        # driver.
+        stmt = (dialect_insert(rpo_samples).values(list(rows))
+                .on_conflict_do_nothing(index_elements=[rpo_samples.c.instance_id, rpo_samples.c.at])
+                .returning(rpo_samples.c.instance_id))
+        with writer_lock(engine), _begin_write(engine) as conn:
+            return len(conn.execute(stmt).all())
+
+
+def _begin_write(engine: Engine) -> Any:
+    """A write transaction: ``BEGIN IMMEDIATE`` on SQLite, so it never has to upgrade a read lock mid-way."""
+    if is_sqlite(engine):
+        return engine.execution_options(sqlite_begin="IMMEDIATE").begin()
+    return engine.begin()
 
 
 def history(store: Store, instance_id: str, since: float) -> list[tuple[float, float | None, str]]:

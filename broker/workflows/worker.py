@@ -142,6 +142,9 @@ class Worker:
 
     def claim_next(self) -> str | None:
         now = self.clock()
+        with self.store.read() as tx:
+            if not tx.has_claimable(now, self.owner):
+                return None
         with self.store.write() as tx:
             candidates = tx.claimable_operations(now)
             candidates += [o for o in tx.held_operations(now) if _owner_is_dead_local_process(o.lease_owner)]

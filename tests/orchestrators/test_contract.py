@@ -10,8 +10,9 @@ import pytest
 from broker.app import build_runtime
 from broker.domain.errors import PermanentBackendError
 from broker.domain.protocols import StepContext
+from broker.services.requests import ProvisionRequest
 from broker.workflows.definitions import all_actions
-from tests.conftest import GRS_PARAMS, make_settings
+from tests.conftest import GRS_PARAMS, GRS_PLAN, SERVICE_ID, make_settings
 from tests.ibmfake import fake_cloud, ibmcloud_env
 
 
@@ -87,3 +88,18 @@ def test_check_protection_names_the_parameter(backend) -> None:
     problems = backend.orchestrator.check_protection(GRS_PARAMS["primary_workspace_crn"],
                                                      GRS_PARAMS["secondary_workspace_crn"], ["nope"])
     assert problems and all(p.startswith("parameters.") for p in problems)
+
+
+def test_bulk_replication_status_reports_what_each_instance_reports(backend) -> None:
+    # The ibmcloud backend finds the workspace through the stored instance's parameters.
+    backend.service.provision(ProvisionRequest(
+        instance_id="contract-1", service_id=SERVICE_ID, plan_id=GRS_PLAN, accepts_incomplete=True,
+        organization_guid="o", space_guid="s", parameters=dict(GRS_PARAMS)))
+    orch = backend.orchestrator
+    for action in ("enable_replication", "create_replication_group"):
+        orch.perform(action, _ctx(backend))
+    ids = ["contract-1", "never-provisioned"]
+    bulk = orch.replication_statuses(ids)
+    assert set(bulk) == {"contract-1"}
+    assert bulk == {iid: s for iid in ids if (s := orch.replication_status(iid)) is not None}
+    assert orch.replication_statuses([]) == {}

@@ -234,6 +234,15 @@ class IbmCloudOrchestrator:
                                  cycle_period_seconds=int(details.get("cyclePeriodSeconds") or 0),
                                  consistency_group=details.get("consistencyGroupName"))
 
+    def replication_statuses(self, instance_ids: Sequence[str]) -> dict[str, ReplicationStatus]:
+        # PowerVS has no read of many volume groups' replication at once: one instance after another.
+        found: dict[str, ReplicationStatus] = {}
+        for iid in instance_ids:
+            status = self.replication_status(iid)
+            if status is not None:
+                found[iid] = status
+        return found
+
     def inventory(self, instance_id: str, parameters: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(kind, id) of everything this instance owns in IBM Cloud, found by its deterministic names."""
         names = Names(instance_id)

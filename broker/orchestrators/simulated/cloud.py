@@ -12,14 +12,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from broker.store.db import writer_lock
+from broker.store.db import is_sqlite, writer_lock
 from broker.store.tables import sim_resources
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,17 @@ def resource_name(kind: str, instance_id: str, binding_id: str | None = None, pa
     return f"{kind}-{digest}"
 
 
+BULK_CHUNK = 500  # ids per IN list, well inside SQLite's and PostgreSQL's bound-parameter limits
+
+# Built once: SQLAlchemy reuses their compiled form without re-hashing a new expression on every call.
+_BY_NAME = select(sim_resources).where(and_(sim_resources.c.kind == bindparam("kind"),
+                                            sim_resources.c.name == bindparam("name")))
+_DELETE_BY_NAME = delete(sim_resources).where(and_(sim_resources.c.kind == bindparam("kind"),
+                                                   sim_resources.c.name == bindparam("name")))
+_UPDATE = update(sim_resources).where(sim_resources.c.id == bindparam("k_id"))
+_INSERT = insert(sim_resources)
+
+
 def _row(row: Any) -> Resource:
     m = row._mapping
     return Resource(id=m["id"], kind=m["kind"], name=m["name"], instance_id=m["instance_id"],
@@ -57,13 +68,31 @@ def _row(row: Any) -> Resource:
 class SimulatedCloud:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # A lookup is one SELECT: on SQLite it needs no transaction around it (see ``Store.read``).
+        self._single = engine.execution_options(sqlite_begin=None) if is_sqlite(engine) else engine
 
     def get(self, kind: str, instance_id: str, binding_id: str | None = None, part: str = "") -> Resource | None:
         name = resource_name(kind, instance_id, binding_id, part)
-        with self.engine.connect() as conn:
-            row = conn.execute(select(sim_resources).where(and_(
-                sim_resources.c.kind == kind, sim_resources.c.name == name))).first()
+        with self._single.connect() as conn:
+            row = conn.execute(_BY_NAME, {"kind": kind, "name": name}).first()
         return _row(row) if row else None
+
+    def get_many(self, kind: str, instance_ids: Sequence[str]) -> dict[str, Resource]:
+        """``get(kind, instance_id)`` for many instances at once: the instance_id index finds a chunk's resources
+        in one query, and keeping only those with the name ``get`` would look up returns exactly what it
+        would."""
+        found: dict[str, Resource] = {}
+        ids = list(dict.fromkeys(instance_ids))
+        for start in range(0, len(ids), BULK_CHUNK):
+            chunk = ids[start:start + BULK_CHUNK]
+            stmt = select(sim_resources).where(sim_resources.c.kind == kind, sim_resources.c.instance_id.in_(chunk))
+            with self._single.connect() as conn:
+                rows = conn.execute(stmt).all()
+            for row in rows:
+                res = _row(row)
+                if res.name == resource_name(kind, res.instance_id):
+                    found[res.instance_id] = res
+        return found
 
     def ensure(self, kind: str, instance_id: str, binding_id: str | None, state: str,
                data: Mapping[str, Any], part: str = "") -> Resource:
@@ -78,7 +107,7 @@ class SimulatedCloud:
                       created_at=now, updated_at=now)
         try:
             with writer_lock(self.engine), self.engine.begin() as conn:
-                conn.execute(insert(sim_resources).values(**values))
+                conn.execute(_INSERT, values)
         except IntegrityError:
             # A concurrent attempt created it first; ours is discarded. Leases keep one step from running in
             # two places at once, so this deserves a warning (the chaos test looks for it).
@@ -88,6 +117,8 @@ class SimulatedCloud:
             # One line per creation: the chaos test counts them to prove no resource was made twice.
             log.info("simulated cloud: created %s %s (%s) for %s", kind, values["name"], values["id"],
                      instance_id + (f"/{binding_id}" if binding_id else ""))
+            return Resource(id=values["id"], kind=kind, name=values["name"], instance_id=instance_id,
+                            binding_id=binding_id, state=state, data=json.loads(values["data"]), created_at=now)
         found = self.get(kind, instance_id, binding_id, part)
         assert found is not None
         return found
@@ -104,8 +135,8 @@ class SimulatedCloud:
         merged = {**res.data, **(data or {})}
         new_state = state if state is not None else res.state
         with writer_lock(self.engine), self.engine.begin() as conn:
-            conn.execute(update(sim_resources).where(sim_resources.c.id == res.id).values(
-                state=new_state, data=json.dumps(merged, sort_keys=True), updated_at=time.time()))
+            conn.execute(_UPDATE, {"k_id": res.id, "state": new_state, "data": json.dumps(merged, sort_keys=True),
+                                   "updated_at": time.time()})
         return Resource(id=res.id, kind=res.kind, name=res.name, instance_id=res.instance_id,
                         binding_id=res.binding_id, state=new_state, data=merged, created_at=res.created_at)
 
@@ -124,8 +155,7 @@ class SimulatedCloud:
     def remove(self, kind: str, instance_id: str, binding_id: str | None = None, part: str = "") -> bool:
         name = resource_name(kind, instance_id, binding_id, part)
         with writer_lock(self.engine), self.engine.begin() as conn:
-            return conn.execute(delete(sim_resources).where(and_(
-                sim_resources.c.kind == kind, sim_resources.c.name == name))).rowcount > 0
+            return conn.execute(_DELETE_BY_NAME, {"kind": kind, "name": name}).rowcount > 0
 
     def remove_all(self, kind: str, instance_id: str, binding_id: str | None = None) -> int:
         cond = [sim_resources.c.kind == kind, sim_resources.c.instance_id == instance_id]

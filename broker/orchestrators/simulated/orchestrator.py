@@ -52,6 +52,17 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _group_status(state: str, data: Mapping[str, Any], now: float) -> ReplicationStatus:
+    """What the storage reports for a volume group: one computation for the single and the bulk read."""
+    cycle = data.get("cycle_period_seconds", CYCLE_PERIOD_SECONDS)
+    freeze: float | None = data.get("freeze_time")
+    if state == "consistent_copying" and data.get("consistent_since"):
+        since = data["consistent_since"]
+        freeze = since + ((now - since) // cycle) * cycle
+    return ReplicationStatus(state=state, primary_role=data.get("primary_role", "master"), freeze_time=freeze,
+                             cycle_period_seconds=cycle, consistency_group=data.get("consistency_group"))
+
+
 class SimulatedOrchestrator:
     name = "simulated"
 
@@ -170,15 +181,12 @@ class SimulatedOrchestrator:
         group = self.cloud.get("volume_group", instance_id)
         if group is None:
             return None
+        return _group_status(group.state, group.data, self.clock())
+
+    def replication_statuses(self, instance_ids: Sequence[str]) -> dict[str, ReplicationStatus]:
         now = self.clock()
-        cycle = group.data.get("cycle_period_seconds", CYCLE_PERIOD_SECONDS)
-        freeze: float | None = group.data.get("freeze_time")
-        if group.state == "consistent_copying" and group.data.get("consistent_since"):
-            since = group.data["consistent_since"]
-            freeze = since + ((now - since) // cycle) * cycle
-        return ReplicationStatus(state=group.state, primary_role=group.data.get("primary_role", "master"),
-                                 freeze_time=freeze, cycle_period_seconds=cycle,
-                                 consistency_group=group.data.get("consistency_group"))
+        return {iid: _group_status(group.state, group.data, now)
+                for iid, group in self.cloud.get_many("volume_group", instance_ids).items()}
 
     # helpers --------------------------------------------------------------------------------------
     def _volume(self, workspace_crn: str, vol_id: str) -> Resource | None:
