@@ -81,6 +81,89 @@ def test_rotation_is_seen_by_another_process_without_a_restart(tmp_path: Path) -
     assert server.key_ids() == [new]
 
 
+
+class CountingKek:
+    """A key file that counts its unwraps: each one is a value opened rather than found in the cache."""
+
+    def __init__(self, inner: LocalKeyFile) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.unwraps = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def unwrap(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        self.unwraps += 1
+        return self.inner.unwrap(kek_id, wrapped, aad)
+
+
+def _tampered(value: str) -> str:
+    """The value with one character of its ciphertext changed (the first: it carries a whole byte's top bits,
+    where a changed last character might only touch base64 padding bits)."""
+    doc = json.loads(value[len(PREFIX):])
+    c = doc["c"]
+    return PREFIX + json.dumps({**doc, "c": ("B" if c[0] == "A" else "A") + c[1:]}, separators=(",", ":"))
+
+
+def test_a_value_opened_once_opens_again_from_the_cache(tmp_path: Path) -> None:
+    kek = CountingKek(LocalKeyFile(tmp_path / "kek.json"))
+    env = Envelope(kek)
+    row = aad("instances", "parameters", ("i-1",))
+    value = env.seal('{"ibmcloud_api_key": "k-1"}', row)
+    assert env.unseal(value, row) == '{"ibmcloud_api_key": "k-1"}'
+    assert env.unseal(value, row) == '{"ibmcloud_api_key": "k-1"}'
+    assert kek.unwraps == 1, "the second read should not unwrap the data key again"
+    # Without a cache every read unwraps: the count above measures the cache, not the key file.
+    uncached = Envelope(kek, cache_size=0)
+    uncached.unseal(value, row)
+    uncached.unseal(value, row)
+    assert kek.unwraps == 3
+
+
+def test_a_tampered_value_is_refused_after_the_original_was_opened_and_cached(tmp_path: Path) -> None:
+    env = Envelope(LocalKeyFile(tmp_path / "kek.json"))
+    row = aad("bindings", "credentials", ("i-1", "b-1"))
+    value = env.seal('{"iam": {"apikey": "k-1"}}', row)
+    assert env.unseal(value, row) == '{"iam": {"apikey": "k-1"}}'
+    tampered = _tampered(value)
+    assert tampered != value
+    for _ in range(2):  # a refusal is not remembered as an answer either
+        with pytest.raises(SecretsError, match="wrong record or tampered"):
+            env.unseal(tampered, row)
+    assert env.unseal(value, row) == '{"iam": {"apikey": "k-1"}}'
+
+
+def test_a_cached_value_does_not_open_under_another_aad(tmp_path: Path) -> None:
+    env = Envelope(LocalKeyFile(tmp_path / "kek.json"))
+    mine, theirs = aad("instances", "parameters", ("i-1",)), aad("instances", "parameters", ("i-2",))
+    value = env.seal('{"password": "p"}', mine)
+    assert env.unseal(value, mine) == '{"password": "p"}'
+    with pytest.raises(SecretsError):
+        env.unseal(value, theirs)
+    with pytest.raises(SecretsError):
+        env.unseal(value, aad("instances", "context", ("i-1",)))
+    assert env.unseal(value, mine) == '{"password": "p"}'
+
+
+def test_a_value_rewrapped_after_its_original_was_cached_opens_under_the_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "kek.json"
+    rotator, server = LocalKeyFile(path), CountingKek(LocalKeyFile(path))
+    server_env = Envelope(server)
+    row = aad("instances", "parameters", ("i-1",))
+    before = server_env.seal("secret", row)
+    assert server_env.unseal(before, row) == "secret"
+    new = rotator.begin_rotation()
+    rewrapped = Envelope(rotator).rewrap(before, row)
+    assert rewrapped is not None and rewrapped != before and Envelope.kek_id(rewrapped) == new
+    assert rotator.finish_rotation() == [Envelope.kek_id(before)]
+    unwraps = server.unwraps
+    assert server_env.unseal(rewrapped, row) == "secret"
+    assert server.unwraps == unwraps + 1, "the re-wrapped value is opened with the new key, not found cached"
+    assert Envelope(LocalKeyFile(path)).unseal(rewrapped, row) == "secret"
+    with pytest.raises(SecretsError):
+        server_env.unseal(_tampered(rewrapped), row)
+
 # --- drbroker keys rotate ----------------------------------------------------------------------------
 
 def test_rotate_seals_values_written_before_encryption_existed(tmp_path: Path, monkeypatch: Any) -> None:

@@ -3,6 +3,7 @@ on cue), a movable clock, and a catalog whose plans have a short ``maximum_polli
 
 from __future__ import annotations
 
+import copy
 import shutil
 import threading
 import time
@@ -31,14 +32,16 @@ Hook = Callable[[str, StepContext, int], None]
 
 
 class ScriptedOrchestrator:
-    """The real simulated orchestrator, wrapped: counts each (operation, action) call and runs hooks
-    ``before`` / ``after`` an action (``after`` runs once the action has taken effect)."""
+    """The real simulated orchestrator, wrapped: counts each (operation, action) call, keeps what the last
+    one returned (``results``), and runs hooks ``before`` / ``after`` an action (``after`` runs once the action
+    has taken effect)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.name = inner.name
         self.calls: Counter[tuple[str, str]] = Counter()
         self.order: list[tuple[str, str]] = []
+        self.results: dict[tuple[str, str], dict[str, Any]] = {}
         self.before: dict[str, Hook] = {}
         self.after: dict[str, Hook] = {}
         self._lock = threading.Lock()
@@ -54,6 +57,9 @@ class ScriptedOrchestrator:
         if action in self.before:
             self.before[action](action, ctx, n)
         result = self.inner.perform(action, ctx)
+        with self._lock:
+            # A copy: what the engine does with the mapping it gets must not change what the test compares to.
+            self.results[(ctx.operation_id, action)] = copy.deepcopy(dict(result))
         if action in self.after:
             self.after[action](action, ctx, n)
         return result

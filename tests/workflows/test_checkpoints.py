@@ -5,8 +5,10 @@ runs again on resume and finds the resource it made (by its deterministic name) 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,62 @@ def test_a_bind_step_repeated_after_a_crash_issues_one_service_id_and_one_key(
     # The key handed out is the one whose hash the simulated IAM keeps (a re-run replaced the first).
     (key,) = [r for r in rt.orchestrator.cloud.inventory("i-1") if r.kind == "api_key"]
     assert key.data["sha256"] == hashlib.sha256(binding.credentials["iam"]["apikey"].encode()).hexdigest()
+
+
+def _run_counting_writes(rt: Runtime, op_id: str) -> int:
+    """Claim ``op_id`` and run it in this thread; the number of write transactions the run opened."""
+    assert rt.worker.claim(op_id)
+    writes: list[int] = []
+    real_write = rt.store.write
+
+    def counting_write():
+        writes.append(1)
+        return real_write()
+
+    rt.store.write = counting_write  # type: ignore[method-assign]
+    try:
+        rt.engine.run(op_id, rt.worker.owner)
+    finally:
+        del rt.store.write
+        with rt.worker._held_lock:
+            rt.worker._held.discard(op_id)
+    return len(writes)
+
+
+def test_after_a_successful_run_every_step_is_recorded_done_once_with_what_the_backend_returned(
+        tmp_path: Path, made: list[Runtime], db_url: str) -> None:
+    rt, scripted = scripted_runtime(tmp_path, sim_step_seconds=0.0, database_url=db_url)
+    made.append(rt)
+    provision_id = provision(rt, "i-1", grs_params(0))
+    provision_writes = _run_counting_writes(rt, provision_id)
+    bind_id = bind_async(rt, "i-1", "b-1")
+    bind_writes = _run_counting_writes(rt, bind_id)
+
+    for op_id, writes in ((provision_id, provision_writes), (bind_id, bind_writes)):
+        done = op(rt, op_id)
+        assert done.state == OperationState.SUCCEEDED, done.description
+        actions = [s.action for s in rt.engine.steps(done)]
+        with rt.store.read() as tx:
+            records = tx.steps(op_id)
+        assert [(r.idx, r.name) for r in records] == list(enumerate(actions))
+        assert done.step_index == done.step_total == len(actions)
+        # One write between steps (the step performed is recorded as the next one starts), one at the end.
+        assert writes == len(actions) + 1, (op_id, writes)
+        for r in records:
+            assert r.state == "done" and r.attempts == 1 and r.error is None, r
+            assert r.started_at is not None and r.finished_at is not None and r.finished_at >= r.started_at, r
+            returned = dict(scripted.results[(op_id, r.name)])
+            if returned.pop("credentials", None) is not None:
+                returned["credentials_issued"] = True
+            assert r.outputs == json.loads(json.dumps(returned)), r.name
+        for earlier, later in pairwise(records):
+            assert earlier.finished_at <= later.started_at
+
+    # Credentials went to the binding row only; the step that issued them says so and holds none.
+    issued = scripted.results[(bind_id, "issue_credentials")]["credentials"]
+    with rt.store.read() as tx:
+        binding = tx.get_binding("i-1", "b-1")
+        records = {r.name: r for r in tx.steps(bind_id)}
+    assert binding.state == BindingState.BOUND and binding.credentials == json.loads(json.dumps(issued))
+    assert records["issue_credentials"].outputs == {"credentials_issued": True}
+    assert issued["iam"]["apikey"] not in json.dumps([r.outputs for r in records.values()])

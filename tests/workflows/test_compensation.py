@@ -5,6 +5,7 @@ then answers 410."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +196,52 @@ def test_delete_arriving_while_a_provision_runs_halts_it_at_the_next_step_and_de
     assert osb.get("/v2/service_instances/i-1/last_operation").json["state"] == "succeeded"
     assert osb.deprovision("i-1").status_code == 410
 
+
+
+def _request_halt(rt: Runtime):
+    """A hook that does what a DELETE during a provision does to it: asks it to halt (cancel_requested)."""
+    def hook(_action, ctx, _n) -> None:
+        with rt.store.write() as tx:
+            assert tx.update_operation(ctx.operation_id, cancel_requested=True)
+    return hook
+
+
+@pytest.mark.parametrize("action", ["validate_sites", "create_replication_group", "onboard_auxiliary_volumes"])
+def test_a_halt_requested_while_a_step_runs_records_that_step_done_and_starts_no_later_one(
+        tmp_path: Path, made: list[Runtime], db_url: str, action: str) -> None:
+    rt, scripted = _runtime(tmp_path, made, database_url=db_url)
+    op_id = provision(rt, "i-1", grs_params(0))
+    actions = [s.action for s in rt.engine.steps(op(rt, op_id))]
+    k = actions.index(action)
+    assert k + 1 < len(actions), "the halt is seen at the boundary before the next step"
+    scripted.before[action] = _request_halt(rt)
+    run_to_end(rt.worker, op_id)
+
+    halted = op(rt, op_id)
+    assert halted.state == OperationState.FAILED and halted.error == "halted"
+    assert halted.description.startswith("halted"), halted.description
+    assert halted.step_index == k + 1
+    assert halted.lease_owner is None and halted.finished_at is not None
+    assert scripted.actions_of(op_id) == actions[:k + 1], "no later step was performed"
+    with rt.store.read() as tx:
+        records = tx.steps(op_id)
+    assert [(r.idx, r.name) for r in records] == list(enumerate(actions[:k + 1])), "no later step was recorded"
+    assert all(r.state == "done" and r.finished_at is not None and r.attempts == 1 for r in records), records
+    assert records[k].outputs == json.loads(json.dumps(scripted.results[(op_id, action)]))
+
+
+def test_a_halt_requested_before_the_first_step_starts_no_step(
+        tmp_path: Path, made: list[Runtime], db_url: str) -> None:
+    rt, scripted = _runtime(tmp_path, made, database_url=db_url)
+    op_id = provision(rt, "i-1", grs_params(0))
+    with rt.store.write() as tx:
+        assert tx.update_operation(op_id, cancel_requested=True)
+    run_to_end(rt.worker, op_id)
+    halted = op(rt, op_id)
+    assert halted.state == OperationState.FAILED and halted.error == "halted"
+    assert halted.description.startswith("halted") and halted.step_index == 0
+    assert scripted.actions_of(op_id) == []
+    assert steps(rt, op_id) == {}
 
 def test_delete_of_a_half_failed_provision_then_provision_again_with_the_same_id(
         tmp_path: Path, made: list[Runtime]) -> None:
