@@ -45,6 +45,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+READ_SLOT = 99  # the read benchmark's instance protects this slot's volumes for the whole run; lifecycles use 0-98
+
+
 def params(slot: int) -> dict[str, Any]:
     return {"primary_workspace_crn": PRIMARY, "secondary_workspace_crn": SECONDARY,
             "protected_volumes": [f"vol-bulk-{2 * (slot % 100) + 1:03d}", f"vol-bulk-{2 * (slot % 100) + 2:03d}"]}
@@ -108,6 +111,15 @@ class Server:
         return resp.status, (json.loads(data) if data else None)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -148,7 +160,7 @@ def lifecycle(server: Server, i: int) -> None:
 
     status, body = server.call(conn, "PUT", f"/v2/service_instances/{iid}?accepts_incomplete=true",
                                {"service_id": SERVICE_ID, "plan_id": PLAN_ID, "organization_guid": "o",
-                                "space_guid": "s", "parameters": params(i)})
+                                "space_guid": "s", "parameters": params(i % READ_SLOT)})
     assert status == 202, (status, body)
     wait_done()
     status, body = server.call(conn, "PUT", f"/v2/service_instances/{iid}/service_bindings/{bid}",
@@ -166,7 +178,7 @@ def provision_one(server: Server, iid: str) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     status, body = server.call(conn, "PUT", f"/v2/service_instances/{iid}?accepts_incomplete=true",
                                {"service_id": SERVICE_ID, "plan_id": PLAN_ID, "organization_guid": "o",
-                                "space_guid": "s", "parameters": params(99)})
+                                "space_guid": "s", "parameters": params(READ_SLOT)})
     assert status in (200, 202), (status, body)
     for _ in range(2000):
         status, body = server.call(conn, "GET", f"/v2/service_instances/{iid}/last_operation")
@@ -258,13 +270,23 @@ def main() -> None:
                 provision_one(server, "read-1")
                 paths = read_paths(lambda k: "read-1", 1)
                 run_reads(server.port, server.headers, paths, duration=WARM_UP)  # discarded
+                pids = server.worker_pids()
+                cpu0 = cpu_seconds(pids)
                 r = run_reads(server.port, server.headers, paths, duration=args.duration)
+                cpu_read = (cpu_seconds(pids) - cpu0) / max(1, r.requests) * 1000
+                cpu0 = cpu_seconds(pids)
                 lt = run_parallel(lambda i, s=server: lifecycle(s, i), args.lifecycles, threads=8)
+                cpu_lc = (cpu_seconds(pids) - cpu0) / args.lifecycles * 1000
+                # The same work with one driver: the cost of a lifecycle without 8 drivers' polling around it.
+                alone = max(1, args.lifecycles // 4)
+                lt1 = run_parallel(lambda i, s=server: lifecycle(s, i), alone, threads=1)
                 results[server.name] = {"reads_rps": r.rps, "reads_p50_ms": r.p50, "reads_p99_ms": r.pct(0.99),
-                                        "read_errors": r.errors, "lifecycles_per_s": args.lifecycles / lt,
-                                        "startup_s": server.started_in}
-                print(f"{server.name}: reads {fmt(r)}; lifecycles {args.lifecycles / lt:.1f}/s; "
-                      f"started in {server.started_in:.2f} s", flush=True)
+                                        "read_errors": r.errors, "read_cpu_ms": cpu_read,
+                                        "lifecycles_per_s": args.lifecycles / lt, "lifecycle_cpu_ms": cpu_lc,
+                                        "lifecycles_1_driver_per_s": alone / lt1, "startup_s": server.started_in}
+                print(f"{server.name}: reads {fmt(r)}, server CPU {cpu_read:.2f} ms/read; lifecycles "
+                      f"{args.lifecycles / lt:.1f}/s (server CPU {cpu_lc:.0f} ms each), with 1 driver "
+                      f"{alone / lt1:.1f}/s; started in {server.started_in:.2f} s", flush=True)
             finally:
                 server.stop()
         if pg_url:
