@@ -6,7 +6,9 @@ Sealed columns (their JSON text is encrypted as a whole, see ``broker.security.e
   the plan schemas);
 - ``bindings.parameters`` and ``bindings.credentials``: what a consumer was issued (API key, wrapped DEK);
 - ``operations.payload``: an update carries its ``target_parameters``, secrets included;
-- ``operation_steps.outputs``: a step may hand a later one a wrapped data key.
+- ``operation_steps.outputs``: a step may hand a later one a wrapped data key;
+- ``request_hash`` of instances, bindings and operations: a SHA-256 of the request, parameters included; bare, it
+  would let anyone holding the database test guesses of a low-entropy secret (a password) offline.
 
 Each value's AAD names its table, column and row key, so a sealed value moved to another row fails to open.
 The repository seals on write and opens on read; nothing above it sees ciphertext.
@@ -49,9 +51,9 @@ class PlainText:
 
 # table name -> (primary key columns, sealed columns)
 SEALED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "instances": (("id",), ("parameters",)),
-    "bindings": (("instance_id", "id"), ("parameters", "credentials")),
-    "operations": (("id",), ("payload",)),
+    "instances": (("id",), ("parameters", "request_hash")),
+    "bindings": (("instance_id", "id"), ("parameters", "credentials", "request_hash")),
+    "operations": (("id",), ("payload", "request_hash")),
     "operation_steps": (("operation_id", "idx"), ("outputs",)),
 }
 _TABLES = {"instances": instances, "bindings": bindings, "operations": operations,

@@ -33,7 +33,7 @@ instances = Table(
     Column("space_guid", String(ID)),
     Column("maintenance_version", String(64)),
     Column("dashboard_url", Text),
-    Column("request_hash", String(64), nullable=False),
+    Column("request_hash", Text, nullable=False),  # sealed (broker.store.sealed)
     Column("enabled", Boolean, nullable=False, default=True),
     Column("last_active", Float),
     Column("created_at", Float, nullable=False),
@@ -58,7 +58,7 @@ bindings = Table(
     Column("bind_resource", Text, nullable=False, default="{}"),
     Column("context", Text, nullable=False, default="{}"),
     Column("credentials", Text),
-    Column("request_hash", String(64), nullable=False),
+    Column("request_hash", Text, nullable=False),  # sealed (broker.store.sealed)
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
@@ -78,7 +78,7 @@ operations = Table(
     Column("step_index", Integer, nullable=False, default=0),
     Column("step_total", Integer, nullable=False, default=0),
     Column("step_started_at", Float),
-    Column("request_hash", String(64), nullable=False),
+    Column("request_hash", Text, nullable=False),  # sealed (broker.store.sealed)
     Column("payload", Text, nullable=False, default="{}"),
     Column("originating_identity", Text),
     Column("request_identity", String(ID)),

@@ -182,13 +182,14 @@ def test_rotate_seals_values_written_before_encryption_existed(tmp_path: Path, m
     monkeypatch.setenv("DRBROKER_DATABASE_URL", settings.database_url)
     result = CliRunner().invoke(main, ["keys", "rotate", "--grace", "0"])
     assert result.exit_code == 0, result.output
-    assert "1 plaintext value(s) sealed" in result.output
+    assert "2 plaintext value(s) sealed" in result.output  # the parameters and the request digest
     with engine.connect() as conn:
-        (value,) = conn.execute(select(instances.c.parameters)).one()
+        value, digest = conn.execute(select(instances.c.parameters, instances.c.request_hash)).one()
     assert value.startswith(PREFIX) and "legacy-plaintext-key" not in value
     env = Envelope(LocalKeyFile(settings.kek_path))
     assert json.loads(env.unseal(value, aad("instances", "parameters", ("old-1",)))) == \
         {"ibmcloud_api_key": "legacy-plaintext-key"}
+    assert digest.startswith(PREFIX) and env.unseal(digest, aad("instances", "request_hash", ("old-1",))) == "h"
     engine.dispose()
 
 
@@ -299,10 +300,11 @@ def test_rewrap_pass_on_both_stores(db_url: str, tmp_path: Path) -> None:
     old = kek.active_id()
     new = kek.begin_rotation()
     first = rewrap_all(engine, store.sealer, batch=3)
-    assert first.rewrapped == 7 and first.transactions >= 3
+    assert first.rewrapped == 14 and first.transactions >= 3  # parameters and request digest of each
     assert rewrap_all(engine, store.sealer).rewrapped == 0
     assert kek.finish_rotation() == [old]
-    assert count_by_kek(engine, Envelope.kek_id) == {new: 7}
+    assert count_by_kek(engine, Envelope.kek_id) == {new: 14}
     with store.read() as tx:
-        assert [i.parameters["ibmcloud_api_key"] for i in tx.list_instances()] == [f"key-{n}" for n in range(7)]
+        opened = {i.id: i.parameters["ibmcloud_api_key"] for i in tx.list_instances()}
+    assert opened == {f"rw-{n}": f"key-{n}" for n in range(7)}
     engine.dispose()

@@ -152,6 +152,10 @@ def test_planted_secrets_reach_no_log_no_error_no_audit_record_and_no_database_b
         with runtime.store.read() as tx:
             rows = [*tx.conn.execute(select(instances.c.parameters)), *tx.conn.execute(select(bindings.c.credentials)),
                     *tx.conn.execute(select(operations.c.payload)), *tx.conn.execute(select(operation_steps.c.outputs))]
+            # A bare SHA-256 of a request that carries a password would let its guesses be tested offline.
+            digests = [*tx.conn.execute(select(instances.c.request_hash)),
+                       *tx.conn.execute(select(bindings.c.request_hash)),
+                       *tx.conn.execute(select(operations.c.request_hash))]
     finally:
         runtime.worker.stop(timeout=10)
         runtime.store.engine.dispose()
@@ -167,6 +171,7 @@ def test_planted_secrets_reach_no_log_no_error_no_audit_record_and_no_database_b
     # The secret-bearing columns are sealed, not merely free of these particular strings.
     sealed = [value for (value,) in rows if value is not None]
     assert sealed and all(v.startswith(PREFIX) for v in sealed)
+    assert len(digests) >= 8 and all(v.startswith(PREFIX) for (v,) in digests)
     # Sanity: the scan would have found a plaintext secret (the customer's workspace CRN is not one).
     assert GRS_PARAMS["primary_workspace_crn"].encode() in closed
 
