@@ -179,3 +179,53 @@ def test_disabled_instances_are_not_metered(dr: DR) -> None:
     dr.ready_plan("m-4", "grs-async")
     assert dr.put("/bluemix_v1/service_instances/m-4", {"enabled": False}).status_code == 204
     assert _meter(dr).run_once() == []
+
+
+def _status_reads(admin: FakeAdmin) -> int:
+    """How many times PowerVS was asked for an instance's replication (its storage details)."""
+    return sum(1 for r in admin.requests() if r["method"] == "GET" and r["path"].endswith("/storage-details"))
+
+
+def test_replication_status_is_read_once_per_cache_period_and_afresh_after_the_instances_own_steps(dr: DR) -> None:
+    admin: FakeAdmin = dr.admin  # type: ignore[attr-defined]
+    dr.ready_plan("c-cache", "ksys-managed")
+    before = _status_reads(admin)
+    first = dr.attributes("c-cache")
+    assert first["replication_state"] == "consistent_copying" and first["active_site"] == "primary"
+    for _ in range(3):
+        assert dr.attributes("c-cache")["replication_state"] == "consistent_copying"
+    assert _status_reads(admin) - before <= 1  # four fetches, at most one read (the provision may have left one)
+
+    # A day-2 action runs steps of this instance: its status is read afresh, not the cached one reused.
+    r = dr.action("c-cache", "failover", mode="planned")
+    assert r.status_code == 202, r.get_data(as_text=True)
+    assert dr.wait("c-cache")["state"] == "succeeded"
+    after = dr.attributes("c-cache")
+    fresh, ok = dr.runtime.orchestrator._read_status("c-cache")
+    assert ok and fresh is not None
+    assert (after["replication_state"], after["replication_primary_role"]) == (fresh.state, fresh.primary_role)
+    assert (after["replication_state"], after["replication_primary_role"]) != \
+        (first["replication_state"], first["replication_primary_role"])
+    assert after["active_site"] == "secondary"
+
+
+def test_a_failed_status_read_is_not_kept(dr: DR) -> None:
+    admin: FakeAdmin = dr.admin  # type: ignore[attr-defined]
+    dr.ready_plan("c-err", "grs-async")
+    dr.runtime.orchestrator._forget_status("c-err")
+    admin.fault(status=503, path="/storage-details$", count=1)
+    assert "replication_state" not in dr.attributes("c-err")  # the read failed: nothing to show, no error
+    assert dr.attributes("c-err")["replication_state"] == "consistent_copying"  # read again, not the failure
+
+
+def test_no_status_cache_when_its_period_is_zero(tmp_path: Path, fake) -> None:
+    d = _start(tmp_path, fake.url, DRBROKER_IBMCLOUD_STATUS_CACHE_SECONDS="0")
+    admin = FakeAdmin(fake.url)
+    try:
+        d.ready_plan("c-nocache", "grs-async")
+        before = _status_reads(admin)
+        for _ in range(3):
+            assert d.attributes("c-nocache")["replication_state"] == "consistent_copying"
+        assert _status_reads(admin) - before == 3
+    finally:
+        d.runtime.worker.stop(10)

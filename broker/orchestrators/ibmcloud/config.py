@@ -11,6 +11,8 @@
 - ``DRBROKER_IBMCLOUD_WAIT_SECONDS``: how long one waiting step polls before it is retried (1800).
 - ``DRBROKER_IBMCLOUD_POLL_SECONDS``: interval between polls of an IBM state (10).
 - ``DRBROKER_IBMCLOUD_TIMEOUT_SECONDS``: HTTP timeout of one call (60).
+- ``DRBROKER_IBMCLOUD_STATUS_CACHE_SECONDS``: how long an instance's replication status, as read from PowerVS
+  for fetch instance, the dashboard and the RPO sampler, is reused (30; 0 = read it every time).
 - ``DRBROKER_METERING_RESOURCE_ID``: this service's global catalog id; unset = no usage records.
 - ``DRBROKER_METERING_INTERVAL_SECONDS``: how often the meter looks for finished hours (300).
 - ``DRBROKER_METERING_HOUR_SECONDS``: the metered period (3600; shorter only for tests and demos).
@@ -39,6 +41,7 @@ class IbmCloudConfig:
     wait_seconds: float = 1800.0
     poll_seconds: float = 10.0
     timeout_seconds: float = 60.0
+    status_cache_seconds: float = 30.0
     metering_resource_id: str | None = None
     metering_interval_seconds: float = 300.0
     metering_hour_seconds: int = 3600
@@ -61,6 +64,7 @@ class IbmCloudConfig:
             wait_seconds=env_float(env, "DRBROKER_IBMCLOUD_WAIT_SECONDS", 1800.0),
             poll_seconds=env_float(env, "DRBROKER_IBMCLOUD_POLL_SECONDS", 10.0),
             timeout_seconds=env_float(env, "DRBROKER_IBMCLOUD_TIMEOUT_SECONDS", 60.0),
+            status_cache_seconds=max(0.0, env_float(env, "DRBROKER_IBMCLOUD_STATUS_CACHE_SECONDS", 30.0)),
             metering_resource_id=env.get("DRBROKER_METERING_RESOURCE_ID") or None,
             metering_interval_seconds=env_float(env, "DRBROKER_METERING_INTERVAL_SECONDS", 300.0),
             metering_hour_seconds=int(env_float(env, "DRBROKER_METERING_HOUR_SECONDS", 3600)),

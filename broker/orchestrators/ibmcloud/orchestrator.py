@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from cachetools import TTLCache
+
 from broker.domain.errors import BackendError, PermanentBackendError, TransientBackendError
 from broker.domain.protocols import ReplicationStatus, StepContext
 from broker.domain.sites import WorkspaceRef
@@ -38,6 +40,9 @@ from broker.orchestrators.ibmcloud.resources import Resources
 log = logging.getLogger(__name__)
 
 Action = Callable[[StepContext], Mapping[str, Any]]
+
+STATUS_CACHE_ENTRIES = 10_000  # instances whose replication status is kept at once (the least recently used go first)
+_MISS = object()
 
 # Typical durations on IBM Cloud (seconds), for Retry-After; IBM's own orchestrator deploy took ~35 min.
 _EXPECTED = {
@@ -78,6 +83,14 @@ class IbmCloudOrchestrator:
         self.resources = Resources(self.auth, ep.url("resource_controller"), ep.url("global_catalog"), timeout)
         self.dra = DrAutomation(self.auth, ep.url("dra"), timeout)
         self._lock = threading.Lock()
+        # Replication status costs three PowerVS calls; fetch instance, the dashboard and the RPO sampler all ask
+        # for it. A status read within the last ``status_cache_seconds`` is reused (freeze times are absolute,
+        # so an achieved RPO computed from a reused one errs high, never low); this instance's own steps forget
+        # it, so what an operation changed is read afresh.
+        self._statuses: TTLCache[str, ReplicationStatus | None] | None = (
+            TTLCache(maxsize=STATUS_CACHE_ENTRIES, ttl=config.status_cache_seconds)
+            if config.status_cache_seconds > 0 else None)
+        self._statuses_lock = threading.Lock()
         self._enabled_by_op: dict[tuple[str, str], set[str]] = {}
         self._actions: dict[str, Action] = {
             # provision
@@ -152,6 +165,18 @@ class IbmCloudOrchestrator:
             fn = self._actions[action]
         except KeyError:
             raise PermanentBackendError(f"the ibmcloud backend has no action {action!r}") from None
+        self._forget_status(ctx.instance_id)
+        try:
+            return self._perform(action, fn, ctx)
+        finally:
+            self._forget_status(ctx.instance_id)  # also a status read while the step ran
+
+    def _forget_status(self, instance_id: str) -> None:
+        if self._statuses is not None:
+            with self._statuses_lock:
+                self._statuses.pop(instance_id, None)
+
+    def _perform(self, action: str, fn: Action, ctx: StepContext) -> Mapping[str, Any]:
         with collecting() as calls:
             try:
                 result = dict(fn(ctx))
@@ -213,26 +238,39 @@ class IbmCloudOrchestrator:
         return problems
 
     def replication_status(self, instance_id: str) -> ReplicationStatus | None:
+        if self._statuses is not None:
+            with self._statuses_lock:
+                cached = self._statuses.get(instance_id, _MISS)
+            if cached is not _MISS:
+                return cached  # type: ignore[return-value]
+        status, ok = self._read_status(instance_id)
+        if ok and self._statuses is not None:
+            with self._statuses_lock:
+                self._statuses[instance_id] = status
+        return status
+
+    def _read_status(self, instance_id: str) -> tuple[ReplicationStatus | None, bool]:
+        """The status as PowerVS reports it now, and whether it could be read (an error is not kept)."""
         params = self._instance_parameters(instance_id)
         primary = params.get("primary_workspace_crn") if params else None
         if not primary:
-            return None
+            return None, True
         try:
             group = self.powervs.find_volume_group(primary, Names(instance_id).group)
             if group is None:
-                return None
+                return None, True
             details = self.powervs.storage_details(primary, group["id"])
             relations = self.powervs.remote_copy_relationships(primary, group["id"])
         except BackendError as exc:
             # A read for display must not fail the request or the operation that asked: report nothing.
             log.warning("replication status of %s unavailable: %s", instance_id, exc)
-            return None
+            return None, False
         freezes = [t for t in (_iso_to_epoch(r.get("freezeTime")) for r in relations) if t is not None]
         return ReplicationStatus(state=details.get("state") or "unknown",
                                  primary_role=details.get("primaryRole") or "master",
                                  freeze_time=min(freezes) if freezes else None,
                                  cycle_period_seconds=int(details.get("cyclePeriodSeconds") or 0),
-                                 consistency_group=details.get("consistencyGroupName"))
+                                 consistency_group=details.get("consistencyGroupName")), True
 
     def replication_statuses(self, instance_ids: Sequence[str]) -> dict[str, ReplicationStatus]:
         # PowerVS has no read of many volume groups' replication at once: one instance after another.
