@@ -12,7 +12,6 @@ once over every instance, it does not hold the CPU (and the SQLite writer lock) 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,43 +24,28 @@ from broker.domain.protocols import Orchestrator
 from broker.store.db import is_sqlite, writer_lock
 from broker.store.repository import Store
 from broker.store.tables import instances, rpo_samples
+from broker.workflows.periodic import PeriodicJob
 
 log = logging.getLogger(__name__)
 
 
-class RpoSampler:
+class RpoSampler(PeriodicJob):
+    thread_name = "drbroker-rpo-sampler"
+    what = "RPO sampling"
+
     def __init__(self, store: Store, orchestrator: Orchestrator, *, interval: float = 60.0,
                  keep_seconds: float = 7 * 86400, clock: Callable[[], float] = time.time,
                  page_size: int = 500, page_pause: float = 0.01) -> None:
+        super().__init__(max(1.0, interval))
         self.store = store
         self.orchestrator = orchestrator
-        self.interval = max(1.0, interval)
         self.keep_seconds = keep_seconds
         self.clock = clock
         self.page_size = max(1, page_size)
         self.page_pause = max(0.0, page_pause)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="drbroker-rpo-sampler", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sample_once()
-            except Exception:
-                log.exception("RPO sampling failed; trying again later")
-            self._stop.wait(self.interval)
+    def run_once(self) -> int:
+        return self.sample_once()
 
     def sample_once(self) -> int:
         """Record one sample per ready instance for the current time bucket; return how many were new.
@@ -87,7 +71,7 @@ class RpoSampler:
                                  replication_state=status.state))
             written += self._insert(rows)
             after = ids[-1]
-            if len(ids) < self.page_size or self._stop.wait(self.page_pause):
+            if len(ids) < self.page_size or self.pause(self.page_pause):
                 break
         with writer_lock(self.store.engine), _begin_write(self.store.engine) as conn:
             conn.execute(delete(rpo_samples).where(rpo_samples.c.at < now - self.keep_seconds))

@@ -15,7 +15,6 @@ rejects (4xx) is ``rejected`` with its error. The IBM transaction id of the acce
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from broker.domain.errors import PermanentBackendError, TransientBackendError
 from broker.domain.models import Instance, InstanceState
 from broker.orchestrators.ibmcloud.errors import call, collecting
 from broker.store.tables import metering_records
+from broker.workflows.periodic import PeriodicJob
 from broker.workflows.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,14 @@ class Report:
     detail: str = ""
 
 
-class UsageMeter:
+class UsageMeter(PeriodicJob):
+    thread_name = "drbroker-metering"
+    what = "usage metering run"
+
     def __init__(self, store: Any, catalog: Catalog, authenticator: Authenticator, url: str, resource_id: str, *,
                  region: str = "us-south", interval: float = 300.0, hour_seconds: int = 3600,
                  retry: RetryPolicy | None = None, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(interval)
         self.store = store
         self.catalog = catalog
         self.authenticator = authenticator
@@ -59,35 +63,16 @@ class UsageMeter:
         self.api.set_service_url(url)
         self.resource_id = resource_id
         self.region = region
-        self.interval = interval
         self.hour = hour_seconds
         self.retry = retry or RetryPolicy(attempts=4, initial=0.5, maximum=30.0)
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    # the periodic job -----------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="drbroker-metering", daemon=True)
-        self._thread.start()
-        log.info("usage metering: every %gs, records of %ds to %s", self.interval, self.hour, self.api.service_url)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("usage metering run failed; next run in %gs", self.interval)
-            self._stop.wait(self.interval)
+    def start(self) -> bool:
+        started = super().start()
+        if started:
+            log.info("usage metering: every %gs, records of %ds to %s", self.interval, self.hour,
+                     self.api.service_url)
+        return started
 
     # one run --------------------------------------------------------------------------------------
     def metered(self) -> list[Instance]:
