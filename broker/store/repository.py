@@ -67,7 +67,8 @@ def _dump(row: Mapping[str, Any], json_fields: tuple[str, ...],
 
 def _load(row: Any, json_fields: tuple[str, ...], sealer: Sealer | None = None,
           table: str | None = None) -> dict[str, Any]:
-    out = dict(row._mapping)
+    """A row (or a mapping of its columns) as plain values: sealed columns opened, JSON columns parsed."""
+    out = dict(getattr(row, "_mapping", row))
     if sealer is not None and table is not None:
         open_values(sealer, table, out)
     for key in json_fields:
@@ -167,11 +168,6 @@ _LIVE_BINDINGS = (
     .order_by(bindings.c.created_at))
 _ALL_BINDINGS = select(bindings).where(bindings.c.instance_id == bindparam("k_instance_id")).order_by(
     bindings.c.created_at)
-_COUNT_BOUND = select(func.count()).select_from(bindings).where(and_(
-    bindings.c.instance_id == bindparam("k_instance_id"), bindings.c.state == BindingState.BOUND.value))
-_UPDATING = select(exists().where(and_(
-    operations.c.instance_id == bindparam("k_instance_id"), _one_of(operations.c.state, _ACTIVE),
-    operations.c.type == OperationType.UPDATE.value)))
 # Fetch instance in one statement: the row, whether an update is queued or running, how many bindings are bound.
 _INSTANCE_SUMMARY = select(
     instances,
@@ -226,14 +222,9 @@ class Tx:
         row = self.conn.execute(_INSTANCE_SUMMARY, {"k_id": instance_id}).first()
         if row is None:
             return None
-        data = dict(row._mapping)
-        updating, bound = bool(data.pop("_updating")), int(data.pop("_bound"))
-        open_values(self.sealer, "instances", data)
-        for key in _JSON_INSTANCE:
-            if data.get(key) is not None:
-                data[key] = json.loads(data[key])
-        data["state"] = InstanceState(data["state"])
-        return Instance(**data), updating, bound
+        columns = dict(row._mapping)
+        updating, bound = bool(columns.pop("_updating")), int(columns.pop("_bound"))
+        return _instance(columns, self.sealer), updating, bound
 
     def instance_exists(self, instance_id: str) -> bool:
         return self.conn.execute(_INSTANCE_EXISTS, {"k_id": instance_id}).first() is not None
@@ -294,14 +285,6 @@ class Tx:
     def list_bindings(self, instance_id: str, *, include_gone: bool = False) -> list[Binding]:
         stmt = _ALL_BINDINGS if include_gone else _LIVE_BINDINGS
         return [_binding(r, self.sealer) for r in self.conn.execute(stmt, {"k_instance_id": instance_id})]
-
-    def count_bound(self, instance_id: str) -> int:
-        """Bindings in state ``bound`` (fetch instance shows the count; reading them would open their secrets)."""
-        return int(self.conn.execute(_COUNT_BOUND, {"k_instance_id": instance_id}).scalar_one())
-
-    def is_updating(self, instance_id: str) -> bool:
-        """Whether an update of the instance is queued or running."""
-        return bool(self.conn.execute(_UPDATING, {"k_instance_id": instance_id}).scalar_one())
 
     def purge_bindings(self, instance_id: str) -> None:
         self.conn.execute(delete(bindings).where(bindings.c.instance_id == instance_id))
