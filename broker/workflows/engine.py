@@ -353,8 +353,12 @@ class Engine:
             dr_state = {**(inst.dr_state if inst else {}), **outputs.get("dr_state", {})}
             if op.type == OperationType.PROVISION:
                 dr_state.setdefault("active_site", "primary")
-                tx.update_instance(op.instance_id, state=InstanceState.READY.value, updated_at=now,
-                                   last_active=now, dr_state=dr_state)
+                ready: dict[str, Any] = {"updated_at": now, "last_active": now, "dr_state": dr_state}
+                # A deprovision that arrived during the last step (no boundary was left to halt at) owns the
+                # instance's state now: it stays deprovisioning until that request has removed it.
+                if inst is None or inst.state != InstanceState.DEPROVISIONING:
+                    ready["state"] = InstanceState.READY.value
+                tx.update_instance(op.instance_id, **ready)
             elif op.type == OperationType.UPDATE:
                 fields: dict[str, Any] = {"state": InstanceState.READY.value, "updated_at": now,
                                           "parameters": op.payload["target_parameters"]}
@@ -380,7 +384,11 @@ class Engine:
                                       updated_at=now)
             elif op.type == OperationType.BIND:
                 assert op.binding_id is not None
-                tx.update_binding(op.instance_id, op.binding_id, state=BindingState.BOUND.value, updated_at=now)
+                # Likewise an unbind that arrived during the last step owns the binding's state.
+                binding = tx.get_binding(op.instance_id, op.binding_id)
+                if binding is None or binding.state != BindingState.UNBINDING:
+                    tx.update_binding(op.instance_id, op.binding_id, state=BindingState.BOUND.value,
+                                      updated_at=now)
             elif op.type == OperationType.UNBIND:
                 assert op.binding_id is not None
                 tx.update_binding(op.instance_id, op.binding_id, state=BindingState.GONE.value,

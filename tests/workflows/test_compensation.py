@@ -14,7 +14,7 @@ import pytest
 from broker.app import Runtime, create_app
 from broker.domain.errors import PermanentBackendError
 from broker.domain.models import BindingState, InstanceState, OperationState, OperationType
-from broker.services.requests import DeprovisionRequest, ProvisionRequest
+from broker.services.requests import DeprovisionRequest, ProvisionRequest, UnbindRequest
 from tests.conftest import GRS_PLAN, OSB, SERVICE_ID, grs_params
 from tests.workflows.helpers import (
     Crash,
@@ -197,6 +197,61 @@ def test_delete_arriving_while_a_provision_runs_halts_it_at_the_next_step_and_de
     assert osb.deprovision("i-1").status_code == 410
 
 
+
+def test_delete_arriving_during_the_last_step_leaves_the_instance_to_the_deprovision(
+        tmp_path: Path, made: list[Runtime]) -> None:
+    """No step boundary is left to halt at: the provision finishes, but the instance is the deprovision's now and
+    stays deprovisioning (not ready) until the deprovision has removed it."""
+    rt, scripted = _runtime(tmp_path, made)
+    provision_id = provision(rt, "i-1", grs_params(0))
+    last = rt.engine.steps(op(rt, provision_id))[-1].action
+    accepted: list[str] = []
+
+    def platform_deletes(_action, _ctx, _n) -> None:
+        result = rt.service.deprovision(DeprovisionRequest(instance_id="i-1", service_id=SERVICE_ID,
+                                                           plan_id=GRS_PLAN, accepts_incomplete=True))
+        assert result.status == "accepted"
+        accepted.append(result.operation)
+    scripted.after[last] = platform_deletes
+    run_to_end(rt.worker, provision_id)
+
+    assert op(rt, provision_id).state == OperationState.SUCCEEDED
+    with rt.store.read() as tx:
+        assert tx.get_instance("i-1").state == InstanceState.DEPROVISIONING
+    osb = OSB(create_app(runtime=rt).test_client())
+    assert osb.get("/v2/service_instances/i-1/last_operation").json["state"] == "in progress"
+    (deprovision_id,) = accepted
+    run_to_end(rt.worker, deprovision_id)
+    assert op(rt, deprovision_id).state == OperationState.SUCCEEDED
+    with rt.store.read() as tx:
+        assert tx.get_instance("i-1").state == InstanceState.GONE
+
+
+def test_unbind_arriving_during_the_last_bind_step_leaves_the_binding_to_the_unbind(
+        tmp_path: Path, made: list[Runtime]) -> None:
+    rt, scripted = _runtime(tmp_path, made)
+    run_to_end(rt.worker, provision(rt, "i-1", grs_params(0)))
+    bind_id = bind_async(rt, "i-1", "b-1")
+    last = rt.engine.steps(op(rt, bind_id))[-1].action
+    accepted: list[str] = []
+
+    def platform_unbinds(_action, _ctx, _n) -> None:
+        result = rt.service.unbind(UnbindRequest(instance_id="i-1", binding_id="b-1", service_id=SERVICE_ID,
+                                                 plan_id=GRS_PLAN, accepts_incomplete=True))
+        assert result.status == "accepted"
+        accepted.append(result.operation)
+    scripted.after[last] = platform_unbinds
+    run_to_end(rt.worker, bind_id)
+
+    assert op(rt, bind_id).state == OperationState.SUCCEEDED
+    with rt.store.read() as tx:
+        assert tx.get_binding("i-1", "b-1").state == BindingState.UNBINDING
+    (unbind_id,) = accepted
+    run_to_end(rt.worker, unbind_id)
+    with rt.store.read() as tx:
+        binding = tx.get_binding("i-1", "b-1")
+    assert op(rt, unbind_id).state == OperationState.SUCCEEDED
+    assert binding.state == BindingState.GONE and binding.credentials is None
 
 def _request_halt(rt: Runtime):
     """A hook that does what a DELETE during a provision does to it: asks it to halt (cancel_requested)."""
