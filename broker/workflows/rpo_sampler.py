@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.domain.models import InstanceState
 from broker.domain.protocols import Orchestrator
-from broker.store.db import is_sqlite, writer_lock
+from broker.store.db import is_sqlite
 from broker.store.repository import Store
 from broker.store.tables import instances, rpo_samples
 from broker.workflows.periodic import PeriodicJob
@@ -73,8 +73,8 @@ class RpoSampler(PeriodicJob):
             after = ids[-1]
             if len(ids) < self.page_size or self.pause(self.page_pause):
                 break
-        with writer_lock(self.store.engine), _begin_write(self.store.engine) as conn:
-            conn.execute(delete(rpo_samples).where(rpo_samples.c.at < now - self.keep_seconds))
+        with self.store.write() as tx:
+            tx.conn.execute(delete(rpo_samples).where(rpo_samples.c.at < now - self.keep_seconds))
         return written
 
     def _ready_ids(self, after: str | None) -> list[str]:
@@ -97,15 +97,8 @@ class RpoSampler(PeriodicJob):
         stmt = (dialect_insert(rpo_samples).values(list(rows))
                 .on_conflict_do_nothing(index_elements=[rpo_samples.c.instance_id, rpo_samples.c.at])
                 .returning(rpo_samples.c.instance_id))
-        with writer_lock(engine), _begin_write(engine) as conn:
-            return len(conn.execute(stmt).all())
-
-
-def _begin_write(engine: Engine) -> Any:
-    """A write transaction: ``BEGIN IMMEDIATE`` on SQLite, so it never has to upgrade a read lock mid-way."""
-    if is_sqlite(engine):
-        return engine.execution_options(sqlite_begin="IMMEDIATE").begin()
-    return engine.begin()
+        with self.store.write() as tx:
+            return len(tx.conn.execute(stmt).all())
 
 
 def history(store: Store, instance_id: str, since: float) -> list[tuple[float, float | None, str]]:
