@@ -115,6 +115,16 @@ def db_url(request: Any, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture
+def made() -> Iterator[list[Runtime]]:
+    """Runtimes a test builds: their workers are stopped and their engines disposed when it ends."""
+    runtimes: list[Runtime] = []
+    yield runtimes
+    for rt in runtimes:
+        rt.worker.stop(timeout=10)
+        rt.store.engine.dispose()
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     base = dict(database_url=f"sqlite:///{tmp_path / 'state.db'}", sim_step_seconds=0.0,
                 catalog_path=str(ROOT / "catalog"), username=USER, password=PASSWORD,

@@ -43,6 +43,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """The first truthy value of ``predicate``, polled every 50 ms; fails naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} within {timeout}s")
+
+
 def base_env(db_path: Path | None, **extra: str) -> dict[str, str]:
     """The parent environment without any DRBROKER_* setting, plus the test's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRBROKER_")}

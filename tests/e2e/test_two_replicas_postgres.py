@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from broker.store import db
 from tests.conftest import postgres_url_or_skip
-from tests.e2e.conftest import BrokerProcess, Client, base_env, dr_params, drbroker_command
+from tests.e2e.conftest import BrokerProcess, Client, base_env, dr_params, drbroker_command, wait_until
 
 HOLD = "onboard_auxiliary_volumes=latency:60"
 
@@ -40,16 +39,6 @@ def _rows(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
         engine.dispose()
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout}s")
-
-
 def test_second_replica_finishes_what_a_killed_replica_started(
         broker_factory: Callable[..., BrokerProcess], client_for: Callable[..., Client], pg_url: str,
         tmp_path: Path) -> None:
@@ -61,11 +50,11 @@ def test_second_replica_finishes_what_a_killed_replica_started(
     operation = r.json()["operation"]
     # The second replica starts once the first has claimed the operation: any replica may claim a queued
     # operation, and this test is about taking over one that another replica was running.
-    _wait(lambda: client_for(first).last_operation(iid).json()["description"].startswith("step "), 30,
+    wait_until(lambda: client_for(first).last_operation(iid).json()["description"].startswith("step "), 30,
           "the first replica did not start the operation")
     second = broker_factory(None, env=env)
     osb2 = client_for(second)
-    _wait(lambda: osb2.last_operation(iid).json()["description"].startswith("step 6/7"), 30,
+    wait_until(lambda: osb2.last_operation(iid).json()["description"].startswith("step 6/7"), 30,
           "the second replica did not report the first one's step 6/7")
     (op,) = _rows(pg_url, "SELECT lease_owner FROM operations WHERE id = :id", id=operation)
     first_workers = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import BrokerProcess, Client, dr_params, query, sim_inventory
+from tests.e2e.conftest import BrokerProcess, Client, dr_params, query, sim_inventory, wait_until
 
 HOLD = "onboard_auxiliary_volumes=latency:60"  # the first server sits in step 6/7 until it is killed
 
@@ -43,16 +43,6 @@ def _holder_group(owner: str | None) -> int | None:
         return os.getpgid(int(owner.split(":")[1]))
     except ProcessLookupError:
         return None
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout}s")
 
 
 def _kinds(inventory: list[dict[str, Any]], iid: str) -> Counter[str]:
@@ -81,14 +71,14 @@ def test_kill_9_of_one_server_and_the_other_finishes_its_operation(
     r = client_for(first).provision(iid, dr_params("vol-bulk-021", "vol-bulk-022"))
     assert r.status_code == 202, r.text
     operation = r.json()["operation"]
-    owner = _wait(lambda: _operation(db_path, iid)["lease_owner"], 10, "the first server did not claim it")
+    owner = wait_until(lambda: _operation(db_path, iid)["lease_owner"], 10, "the first server did not claim it")
     assert _holder_group(owner) == first.pid
 
     second = broker_factory(db_path)
     osb2 = client_for(second)
     # The second server reports the first one's progress from the shared database, and leaves its live
     # lease alone while the first works (and heart-beats) on step 6.
-    _wait(lambda: osb2.last_operation(iid).json()["description"].startswith("step 6/7: onboarding"), 30,
+    wait_until(lambda: osb2.last_operation(iid).json()["description"].startswith("step 6/7: onboarding"), 30,
           "the second server did not report step 6/7")
     time.sleep(1.0)
     assert _operation(db_path, iid)["lease_owner"] == owner
@@ -175,7 +165,7 @@ def test_a_server_that_stops_heartbeating_loses_its_lease_and_its_late_writes_ar
     r = osb1.provision(iid, dr_params("vol-bulk-045", "vol-bulk-046"))
     assert r.status_code == 202, r.text
     operation = r.json()["operation"]
-    _wait(lambda: osb2.last_operation(iid).json()["description"].startswith("step 4/7"), 30, "no step 4/7")
+    wait_until(lambda: osb2.last_operation(iid).json()["description"].startswith("step 4/7"), 30, "no step 4/7")
     owner = _operation(db_path, iid)["lease_owner"]
     if _holder_group(owner) != first.pid:  # the second server was quicker to claim: swap the roles
         first, second, osb1, osb2 = second, first, osb2, osb1
@@ -192,7 +182,7 @@ def test_a_server_that_stops_heartbeating_loses_its_lease_and_its_late_writes_ar
     assert op["attempts"] == 2 and op["lease_owner"] is None
 
     # Awake again, the first server finishes its backend call (idempotent), then finds the lease gone.
-    _wait(lambda: "lease lost to another worker" in first.log_path.read_text(errors="replace"), 30,
+    wait_until(lambda: "lease lost to another worker" in first.log_path.read_text(errors="replace"), 30,
           "the paused server did not notice it lost the lease")
     after = _operation(db_path, iid)
     assert after == op, "a late write of the paused server was applied"

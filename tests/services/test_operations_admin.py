@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,11 @@ from broker.app import Runtime, create_app
 from broker.domain.errors import NotFound, PermanentBackendError, Unprocessable
 from broker.domain.models import BindingState, InstanceState, OperationState
 from broker.services.operations import ABANDONED, OperationsAdmin
-from broker.services.requests import DeprovisionRequest
-from tests.conftest import GRS_PLAN, OSB, SERVICE_ID, grs_params
+from tests.conftest import OSB, grs_params
 from tests.workflows.helpers import (
     bind_async,
+    deprovision,
+    instance_state,
     op,
     provision,
     run_to_end,
@@ -26,31 +26,10 @@ from tests.workflows.helpers import (
 )
 
 
-@pytest.fixture
-def made() -> Iterator[list[Runtime]]:
-    runtimes: list[Runtime] = []
-    yield runtimes
-    for rt in runtimes:
-        rt.worker.stop(timeout=10)
-        rt.store.engine.dispose()
-
-
 def _runtime(tmp_path: Path, made: list[Runtime], **settings):
     rt, scripted = scripted_runtime(tmp_path, sim_step_seconds=0.0, **settings)
     made.append(rt)
     return rt, scripted, OperationsAdmin(rt.store, rt.catalog)
-
-
-def _state(rt: Runtime, iid: str) -> InstanceState:
-    with rt.store.read() as tx:
-        return tx.get_instance(iid).state
-
-
-def _deprovision(rt: Runtime, iid: str) -> str:
-    result = rt.service.deprovision(DeprovisionRequest(instance_id=iid, service_id=SERVICE_ID, plan_id=GRS_PLAN,
-                                                       accepts_incomplete=True))
-    assert result.operation
-    return result.operation
 
 
 # --- retry ---------------------------------------------------------------------------------------------
@@ -63,7 +42,7 @@ def test_retry_of_a_compensated_provision_restarts_from_step_one_and_succeeds(
     run_to_end(rt.worker, op_id)
     failed = op(rt, op_id)
     assert failed.state == OperationState.FAILED and "cleaned up" in failed.description
-    assert _state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
 
     queued = admin.retry(op_id)
     assert queued.state == OperationState.QUEUED and queued.step_index == 0
@@ -71,13 +50,13 @@ def test_retry_of_a_compensated_provision_restarts_from_step_one_and_succeeds(
     assert queued.finished_at is None and queued.error is None and queued.lease_owner is None
     assert "failure" not in queued.payload and queued.payload["operator_retries"] == 1
     assert rt.engine.deadline(queued) == pytest.approx(queued.payload["retried_at"] + 7200)
-    assert _state(rt, "i-1") == InstanceState.PROVISIONING
+    assert instance_state(rt, "i-1") == InstanceState.PROVISIONING
     osb = OSB(create_app(runtime=rt).test_client())
     assert osb.get("/v2/service_instances/i-1/last_operation").json["state"] == "in progress"
 
     run_to_end(rt.worker, op_id)
     assert op(rt, op_id).state == OperationState.SUCCEEDED
-    assert _state(rt, "i-1") == InstanceState.READY
+    assert instance_state(rt, "i-1") == InstanceState.READY
     assert scripted.actions_of(op_id).count("create_dr_policy") == 2  # undone, then done again
     assert {r.kind for r in rt.orchestrator.cloud.inventory("i-1")} >= {"dr_policy", "volume_group"}
 
@@ -91,23 +70,23 @@ def test_retry_of_a_failed_deprovision_resumes_at_the_step_that_failed(tmp_path:
     rt, scripted, admin = _runtime(tmp_path, made)
     run_to_end(rt.worker, provision(rt, "i-1", grs_params(0)))
     scripted.before["disable_replication"] = _fail_first_call
-    dep = _deprovision(rt, "i-1")
+    dep = deprovision(rt, "i-1")
     run_to_end(rt.worker, dep)
     failed = op(rt, dep)
     assert failed.state == OperationState.FAILED and failed.step_index == 2
-    assert _state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
 
     queued = admin.retry(dep)
     assert queued.step_index == 2
     assert queued.description == "deprovision: queued again by an operator (from step 3)"
-    assert _state(rt, "i-1") == InstanceState.DEPROVISIONING
+    assert instance_state(rt, "i-1") == InstanceState.DEPROVISIONING
     run_to_end(rt.worker, dep)
     assert op(rt, dep).state == OperationState.SUCCEEDED
     actions = scripted.actions_of(dep)
     assert actions.count("revoke_all_bindings") == 1 and actions.count("delete_replication_group") == 1
     assert actions.count("disable_replication") == 2
     assert rt.orchestrator.cloud.inventory("i-1") == []
-    assert _state(rt, "i-1") == InstanceState.GONE
+    assert instance_state(rt, "i-1") == InstanceState.GONE
     assert steps(rt, dep)["disable_replication"].attempts == 2
 
 
@@ -141,7 +120,7 @@ def test_retry_refuses_an_operation_that_has_not_failed(tmp_path: Path, made: li
 def test_retry_refuses_a_provision_halted_by_a_delete(tmp_path: Path, made: list[Runtime]) -> None:
     rt, _, admin = _runtime(tmp_path, made)
     op_id = provision(rt, "i-1", grs_params(0))
-    dep = _deprovision(rt, "i-1")  # halts the queued provision at once
+    dep = deprovision(rt, "i-1")  # halts the queued provision at once
     assert op(rt, op_id).error == "halted"
     with pytest.raises(Unprocessable, match="halted by a later deprovision request, which supersedes it"):
         admin.retry(op_id)
@@ -153,7 +132,7 @@ def test_retry_refuses_an_operation_that_a_later_one_superseded(tmp_path: Path, 
     scripted.before["create_dr_policy"] = _fail_first_call
     op_id = provision(rt, "i-1", grs_params(0))
     run_to_end(rt.worker, op_id)
-    dep = _deprovision(rt, "i-1")
+    dep = deprovision(rt, "i-1")
     run_to_end(rt.worker, dep)
     with pytest.raises(Unprocessable, match=f"not the latest of its instance: deprovision {dep} \\(succeeded\\)"):
         admin.retry(op_id)
@@ -186,7 +165,7 @@ def test_abandon_of_a_queued_provision_fails_it_and_a_delete_cleans_up(tmp_path:
     assert abandoned.state == OperationState.FAILED
     assert abandoned.description == ABANDONED and abandoned.error == ABANDONED
     assert abandoned.lease_owner is None and abandoned.lease_until is None and abandoned.finished_at
-    assert _state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
     assert rt.worker.claim_next() is None
     osb = OSB(create_app(runtime=rt).test_client())
     report = osb.get("/v2/service_instances/i-1/last_operation").json
@@ -221,7 +200,7 @@ def test_abandon_of_a_running_operation_stops_its_worker_at_the_next_write(
     after = op(rt, op_id)
     assert after.state == OperationState.FAILED and after.description == ABANDONED
     assert scripted.actions_of(op_id)[-1] == "create_replication_group", "no further step ran"
-    assert _state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
 
     # Abandoned, then retried: nothing was compensated, so it resumes where it stopped and succeeds.
     scripted.before.clear()
@@ -229,7 +208,7 @@ def test_abandon_of_a_running_operation_stops_its_worker_at_the_next_write(
     assert queued.step_index == 3
     run_to_end(rt.worker, op_id)
     assert op(rt, op_id).state == OperationState.SUCCEEDED
-    assert _state(rt, "i-1") == InstanceState.READY
+    assert instance_state(rt, "i-1") == InstanceState.READY
 
 
 def test_abandon_of_a_bind_leaves_the_binding_failed(tmp_path: Path, made: list[Runtime]) -> None:

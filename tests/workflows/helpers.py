@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from broker.app import Runtime, build_runtime
-from broker.domain.models import Operation, OperationState
+from broker.domain.models import InstanceState, Operation, OperationState
 from broker.domain.protocols import StepContext
-from broker.services.requests import BindRequest, ProvisionRequest
+from broker.services.requests import BindRequest, DeprovisionRequest, ProvisionRequest
 from broker.workflows.engine import Engine
 from broker.workflows.retry import RetryPolicy
 from broker.workflows.worker import Worker
@@ -102,6 +102,21 @@ def provision(rt: Runtime, iid: str, params: Mapping[str, Any] | None = None, pl
         space_guid="s", parameters=dict(GRS_PARAMS if params is None else params)))
     assert result.status == "accepted" and result.operation
     return result.operation
+
+
+def deprovision(rt: Runtime, iid: str) -> str:
+    """DELETE the instance as a platform would (accepts_incomplete); the id of the deprovision it queued."""
+    result = rt.service.deprovision(DeprovisionRequest(instance_id=iid, service_id=SERVICE_ID, plan_id=GRS_PLAN,
+                                                       accepts_incomplete=True))
+    assert result.status == "accepted" and result.operation, result
+    return result.operation
+
+
+def instance_state(rt: Runtime, iid: str) -> InstanceState:
+    with rt.store.read() as tx:
+        inst = tx.get_instance(iid)
+    assert inst is not None, iid
+    return inst.state
 
 
 def bind_async(rt: Runtime, iid: str, bid: str, plan: str = GRS_PLAN) -> str:

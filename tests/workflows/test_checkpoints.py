@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
@@ -31,15 +30,6 @@ from tests.workflows.helpers import (
     second_worker,
     steps,
 )
-
-
-@pytest.fixture
-def made() -> Iterator[list[Runtime]]:
-    runtimes: list[Runtime] = []
-    yield runtimes
-    for rt in runtimes:
-        rt.worker.stop(timeout=10)
-        rt.store.engine.dispose()
 
 
 def _crash_once_after(scripted: ScriptedOrchestrator, action: str) -> None:

@@ -6,7 +6,6 @@ then answers 410."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,14 @@ import pytest
 from broker.app import Runtime, create_app
 from broker.domain.errors import PermanentBackendError
 from broker.domain.models import BindingState, InstanceState, OperationState, OperationType
-from broker.services.requests import DeprovisionRequest, ProvisionRequest, UnbindRequest
+from broker.services.requests import ProvisionRequest, UnbindRequest
 from tests.conftest import GRS_PLAN, OSB, SERVICE_ID, grs_params
 from tests.workflows.helpers import (
     Crash,
     bind_async,
+    deprovision,
     expire_lease,
+    instance_state,
     op,
     provision,
     run_to_end,
@@ -32,24 +33,10 @@ PROVISION_COMPENSATIONS = ["remove_auxiliary_volumes", "delete_replication_group
                            "delete_dr_policy"]
 
 
-@pytest.fixture
-def made() -> Iterator[list[Runtime]]:
-    runtimes: list[Runtime] = []
-    yield runtimes
-    for rt in runtimes:
-        rt.worker.stop(timeout=10)
-        rt.store.engine.dispose()
-
-
 def _runtime(tmp_path: Path, made: list[Runtime], **settings):
     rt, scripted = scripted_runtime(tmp_path, sim_step_seconds=0.0, **settings)
     made.append(rt)
     return rt, scripted
-
-
-def _instance_state(rt: Runtime, iid: str) -> InstanceState:
-    with rt.store.read() as tx:
-        return tx.get_instance(iid).state
 
 
 def test_permanent_failure_compensates_finished_steps_in_reverse_and_reports_them(
@@ -74,7 +61,7 @@ def test_permanent_failure_compensates_finished_steps_in_reverse_and_reports_the
                       "enable_replication": "compensated", "create_replication_group": "compensated",
                       "wait_consistent_copying": "done", "onboard_auxiliary_volumes": "failed"}
     assert rt.orchestrator.cloud.inventory("i-1") == []
-    assert _instance_state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
     # The customer's volumes are free again: a new instance may protect them.
     assert rt.orchestrator.check_protection(params["primary_workspace_crn"], params["secondary_workspace_crn"],
                                             params["protected_volumes"]) == []
@@ -146,7 +133,7 @@ def test_a_crash_during_compensation_resumes_the_compensation_not_the_steps(
         assert scripted.calls[(op_id, action)] == 1, action
     assert scripted.calls[(op_id, "disable_replication")] == 2
     assert rt.orchestrator.cloud.inventory("i-1") == []
-    assert _instance_state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
 
 
 def test_a_failed_bind_compensates_and_leaves_the_instance_untouched(tmp_path: Path, made: list[Runtime]) -> None:
@@ -171,10 +158,7 @@ def test_delete_arriving_while_a_provision_runs_halts_it_at_the_next_step_and_de
 
     def platform_deletes(_action, _ctx, _n) -> None:
         # The DELETE arrives (and is answered 202) while enable_replication is running.
-        result = rt.service.deprovision(DeprovisionRequest(instance_id="i-1", service_id=SERVICE_ID,
-                                                           plan_id=GRS_PLAN, accepts_incomplete=True))
-        assert result.status == "accepted"
-        accepted.append(result.operation)
+        accepted.append(deprovision(rt, "i-1"))
     scripted.after["enable_replication"] = platform_deletes
     provision_id = provision(rt, "i-1", grs_params(0))
     run_to_end(rt.worker, provision_id)
@@ -184,14 +168,14 @@ def test_delete_arriving_while_a_provision_runs_halts_it_at_the_next_step_and_de
     assert scripted.actions_of(provision_id)[-1] == "enable_replication", "it stopped at the next boundary"
     (deprovision_id,) = accepted
     assert op(rt, deprovision_id).blocked_by == provision_id
-    assert _instance_state(rt, "i-1") == InstanceState.DEPROVISIONING
+    assert instance_state(rt, "i-1") == InstanceState.DEPROVISIONING
     assert rt.orchestrator.cloud.inventory("i-1"), "the halted provision had created resources"
 
     assert rt.worker.claim_next() == deprovision_id  # unblocked now that the provision stopped
     rt.worker.run_claimed(deprovision_id)
     assert op(rt, deprovision_id).state == OperationState.SUCCEEDED
     assert rt.orchestrator.cloud.inventory("i-1") == []
-    assert _instance_state(rt, "i-1") == InstanceState.GONE
+    assert instance_state(rt, "i-1") == InstanceState.GONE
     osb = OSB(create_app(runtime=rt).test_client())
     assert osb.get("/v2/service_instances/i-1/last_operation").json["state"] == "succeeded"
     assert osb.deprovision("i-1").status_code == 410
@@ -208,23 +192,18 @@ def test_delete_arriving_during_the_last_step_leaves_the_instance_to_the_deprovi
     accepted: list[str] = []
 
     def platform_deletes(_action, _ctx, _n) -> None:
-        result = rt.service.deprovision(DeprovisionRequest(instance_id="i-1", service_id=SERVICE_ID,
-                                                           plan_id=GRS_PLAN, accepts_incomplete=True))
-        assert result.status == "accepted"
-        accepted.append(result.operation)
+        accepted.append(deprovision(rt, "i-1"))
     scripted.after[last] = platform_deletes
     run_to_end(rt.worker, provision_id)
 
     assert op(rt, provision_id).state == OperationState.SUCCEEDED
-    with rt.store.read() as tx:
-        assert tx.get_instance("i-1").state == InstanceState.DEPROVISIONING
+    assert instance_state(rt, "i-1") == InstanceState.DEPROVISIONING
     osb = OSB(create_app(runtime=rt).test_client())
     assert osb.get("/v2/service_instances/i-1/last_operation").json["state"] == "in progress"
     (deprovision_id,) = accepted
     run_to_end(rt.worker, deprovision_id)
     assert op(rt, deprovision_id).state == OperationState.SUCCEEDED
-    with rt.store.read() as tx:
-        assert tx.get_instance("i-1").state == InstanceState.GONE
+    assert instance_state(rt, "i-1") == InstanceState.GONE
 
 
 def test_unbind_arriving_during_the_last_bind_step_leaves_the_binding_to_the_unbind(

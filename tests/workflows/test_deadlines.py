@@ -5,22 +5,22 @@ or still queued."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker.app import Runtime, create_app
 from broker.domain.models import InstanceState, OperationState
-from broker.services.requests import DeprovisionRequest
 from broker.workflows.retry import RetryPolicy
 from broker.workflows.worker import Worker
-from tests.conftest import GRS_PLAN, OSB, SERVICE_ID, grs_params
+from tests.conftest import OSB, grs_params
 from tests.workflows.helpers import (
     Clock,
     Crash,
     catalog_with_polling,
+    deprovision,
     expire_lease,
+    instance_state,
     op,
     provision,
     run_to_end,
@@ -31,27 +31,6 @@ from tests.workflows.helpers import (
 )
 
 LIMIT = "timed out: not finished within the plan's maximum_polling_duration"
-
-
-@pytest.fixture
-def made() -> Iterator[list[Runtime]]:
-    runtimes: list[Runtime] = []
-    yield runtimes
-    for rt in runtimes:
-        rt.worker.stop(timeout=10)
-        rt.store.engine.dispose()
-
-
-def _instance_state(rt: Runtime, iid: str) -> InstanceState:
-    with rt.store.read() as tx:
-        return tx.get_instance(iid).state
-
-
-def _deprovision(rt: Runtime, iid: str) -> str:
-    result = rt.service.deprovision(DeprovisionRequest(instance_id=iid, service_id=SERVICE_ID, plan_id=GRS_PLAN,
-                                                       accepts_incomplete=True))
-    assert result.operation
-    return result.operation
 
 
 def test_an_operation_past_its_deadline_fails_at_the_next_step_and_compensates(
@@ -71,7 +50,7 @@ def test_an_operation_past_its_deadline_fails_at_the_next_step_and_compensates(
     assert failed.error.startswith(LIMIT)
     assert "wait_consistent_copying" not in scripted.actions_of(op_id)
     assert rt.orchestrator.cloud.inventory("i-1") == []
-    assert _instance_state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
 
 
 def test_a_short_maximum_polling_duration_in_the_catalog_fails_a_slow_provision(
@@ -123,17 +102,17 @@ def test_a_deprovision_past_its_deadline_fails_without_compensation_and_a_new_de
     made.append(rt)
     run_to_end(rt.worker, provision(rt, "i-1", grs_params(0)))
     scripted.after["delete_replication_group"] = lambda *_: setattr(clock, "offset", 7201.0)
-    first = _deprovision(rt, "i-1")
+    first = deprovision(rt, "i-1")
     run_to_end(rt.worker, first)
     failed = op(rt, first)
     assert failed.state == OperationState.FAILED
     assert failed.description == f"failed: {LIMIT} (7200 s); stopped before step 3/8 (disabling volume replication)"
-    assert _instance_state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
     assert rt.orchestrator.cloud.inventory("i-1"), "a deprovision has nothing to compensate"
 
     scripted.after.clear()
     clock.offset = 0.0
-    second = _deprovision(rt, "i-1")
+    second = deprovision(rt, "i-1")
     assert second != first
     run_to_end(rt.worker, second)
     assert op(rt, second).state == OperationState.SUCCEEDED
@@ -150,7 +129,7 @@ def test_a_queued_operation_past_its_deadline_is_reaped(tmp_path: Path, made: li
     reaped = op(rt, op_id)
     assert reaped.state == OperationState.FAILED and reaped.lease_owner is None
     assert reaped.description == f"failed: {LIMIT} (7200 s); it was still queued"
-    assert _instance_state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
     assert late.reap_expired() == []
     # The platform's DELETE then works as for any failed provision.
     osb = OSB(create_app(runtime=rt).test_client())
@@ -169,7 +148,7 @@ def test_a_deprovision_stuck_behind_a_provision_that_never_stops_is_reaped(
     with rt.store.write() as tx:
         assert tx.update_operation(provision_id, state=OperationState.IN_PROGRESS, lease_owner="elsewhere:1:x",
                                    lease_until=time.time() + 100000)
-    deprovision_id = _deprovision(rt, "i-1")
+    deprovision_id = deprovision(rt, "i-1")
     assert op(rt, deprovision_id).blocked_by == provision_id
     assert rt.worker.claim_next() is None
 
@@ -180,7 +159,7 @@ def test_a_deprovision_stuck_behind_a_provision_that_never_stops_is_reaped(
     assert reaped.description == (f"failed: {LIMIT} (7200 s); it was still queued behind operation "
                                   f"{provision_id}")
     assert op(rt, provision_id).state == OperationState.IN_PROGRESS, "a claimed operation is the engine's"
-    assert _instance_state(rt, "i-1") == InstanceState.FAILED
+    assert instance_state(rt, "i-1") == InstanceState.FAILED
 
 
 def test_the_worker_loop_reaps_by_itself(tmp_path: Path, made: list[Runtime]) -> None:
@@ -190,7 +169,7 @@ def test_the_worker_loop_reaps_by_itself(tmp_path: Path, made: list[Runtime]) ->
     with rt.store.write() as tx:
         assert tx.update_operation(provision_id, state=OperationState.IN_PROGRESS, lease_owner="elsewhere:1:x",
                                    lease_until=time.time() + 100000)
-    deprovision_id = _deprovision(rt, "i-1")
+    deprovision_id = deprovision(rt, "i-1")
     rt.worker = Worker(rt.store, rt.engine, poll_seconds=0.01, reap_seconds=0.05,
                        clock=lambda: time.time() + 7201)
     rt.worker.start()

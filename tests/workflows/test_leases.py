@@ -6,10 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from broker.app import Runtime
 from broker.domain.models import OperationState
@@ -23,15 +20,6 @@ from tests.workflows.helpers import (
     steps,
     wait_op,
 )
-
-
-@pytest.fixture
-def made() -> Iterator[list[Runtime]]:
-    runtimes: list[Runtime] = []
-    yield runtimes
-    for rt in runtimes:
-        rt.worker.stop(timeout=10)
-        rt.store.engine.dispose()
 
 
 def test_a_worker_that_stops_heartbeating_loses_its_lease_and_its_late_writes_are_refused(
