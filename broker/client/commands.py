@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,14 @@ def _plain_progress():
     return show
 
 
-def _finish(ctx: Ctx, instance_id: str, resp: Any, wait: bool, timeout: float,
+def _finish(ctx: Ctx, instance_id: str, send: Callable[[], Any], wait: bool, timeout: float,
             binding_id: str | None = None) -> None:
+    """Send the request, print the answer, and with ``wait`` follow its operation to the end."""
+    try:
+        resp = send()
+    except ClientError as exc:
+        _fail(exc)
+        return
     body = resp.body or {}
     if not wait or resp.status != 202:
         _emit(ctx, {"status": resp.status, **body}, f"{resp.status}: {json.dumps(body, sort_keys=True)}")
@@ -205,13 +212,9 @@ def provision(ctx: Ctx, instance_id: str, service: str, plan: str, parameters: s
     """Create an instance."""
     sid, pid = _ids(ctx, service, plan)
     assert pid is not None
-    try:
-        resp = ctx.client.provision(instance_id, sid, pid, _load_json(parameters, "-c") or {},
-                                    context=_load_json(context_json, "--context"))
-    except ClientError as exc:
-        _fail(exc)
-        return
-    _finish(ctx, instance_id, resp, wait, timeout)
+    _finish(ctx, instance_id, lambda: ctx.client.provision(
+        instance_id, sid, pid, _load_json(parameters, "-c") or {}, context=_load_json(context_json, "--context")),
+        wait, timeout)
 
 
 @client.command()
@@ -229,12 +232,8 @@ def update(ctx: Ctx, instance_id: str, service: str | None, plan: str | None, pa
     else:
         sid = _current(ctx, instance_id)["service_id"]
         pid = _ids(ctx, sid, plan)[1] if plan else None
-    try:
-        resp = ctx.client.update(instance_id, sid, plan_id=pid, parameters=_load_json(parameters, "-c"))
-    except ClientError as exc:
-        _fail(exc)
-        return
-    _finish(ctx, instance_id, resp, wait, timeout)
+    _finish(ctx, instance_id, lambda: ctx.client.update(
+        instance_id, sid, plan_id=pid, parameters=_load_json(parameters, "-c")), wait, timeout)
 
 
 @client.command("dr-action")
@@ -250,12 +249,8 @@ def dr_action(ctx: Ctx, instance_id: str, kind: str, mode: str | None, wait: boo
     action: dict[str, Any] = {"type": kind}
     if mode:
         action["mode"] = mode
-    try:
-        resp = ctx.client.update(instance_id, sid, parameters={"dr_action": action})
-    except ClientError as exc:
-        _fail(exc)
-        return
-    _finish(ctx, instance_id, resp, wait, timeout)
+    _finish(ctx, instance_id, lambda: ctx.client.update(instance_id, sid, parameters={"dr_action": action}),
+            wait, timeout)
 
 
 @client.command()
@@ -268,12 +263,7 @@ def deprovision(ctx: Ctx, instance_id: str, service: str | None, plan: str | Non
                 timeout: float) -> None:
     """Delete an instance."""
     sid, pid = _service_and_plan(ctx, instance_id, service, plan)
-    try:
-        resp = ctx.client.deprovision(instance_id, sid, pid)
-    except ClientError as exc:
-        _fail(exc)
-        return
-    _finish(ctx, instance_id, resp, wait, timeout)
+    _finish(ctx, instance_id, lambda: ctx.client.deprovision(instance_id, sid, pid), wait, timeout)
 
 
 @client.command()
