@@ -66,11 +66,15 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0
     hits: int = 0
+    # A lost answer: the request takes effect, then the answer is lost (``drop``: the connection is closed
+    # without one; otherwise ``status`` replaces the real answer), as when a load balancer times out.
+    after: bool = False
+    drop: bool = False
 
-    def matches(self, service: str, method: str, path: str) -> bool:
+    def matches(self, service: str, method: str, path: str, after: bool = False) -> bool:
         import re
 
-        return (self.count > 0 and (self.service is None or self.service == service)
+        return (self.count > 0 and self.after == after and (self.service is None or self.service == service)
                 and (self.method is None or self.method.upper() == method)
                 and (self.path is None or re.search(self.path, path) is not None))
 

@@ -310,3 +310,38 @@ def dr_params(*volumes: str) -> dict[str, Any]:
 
 def ibm_identity(iam_id: str) -> str:
     return "ibmcloud " + base64.b64encode(json.dumps({"iam_id": iam_id}).encode()).decode()
+
+
+@pytest.fixture
+def fake_ibmcloud(tmp_path: Path) -> Iterator[str]:
+    """A ``drbroker fake-ibmcloud`` process on a free loopback port (its own process group)."""
+    for _ in range(3):
+        port = free_port()
+        log = (tmp_path / "fake-ibmcloud.log").open("ab")
+        proc = subprocess.Popen([*drbroker_command(), "fake-ibmcloud", "--port", str(port), "--step-seconds", "0.05"],
+                                env=base_env(None), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(f"{url}/_fake/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        else:
+            proc.kill()
+            proc.wait(10)
+            continue
+        try:
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            log.close()
+        return
+    raise AssertionError("drbroker fake-ibmcloud did not start: " + (tmp_path / "fake-ibmcloud.log").read_text())

@@ -5,58 +5,19 @@ OSB lifecycle with a bind, every day-2 action, hourly usage records, and nothing
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from broker.fakecloud.state import DEMO_KMS_INSTANCE_ID
 from tests.conftest import SERVICE_ID
-from tests.e2e.conftest import BrokerProcess, Client, base_env, drbroker_command, free_port, query
+from tests.e2e.conftest import BrokerProcess, Client, query
 from tests.services.conftest import params_for
 
 BYOK_PLAN = "3d4e5f6a-7b8c-4d9e-9f0a-2b3c4d5e6f7a"
-
-
-@pytest.fixture
-def fake_ibmcloud(tmp_path: Path) -> Iterator[str]:
-    """A ``drbroker fake-ibmcloud`` process on a free loopback port (its own process group)."""
-    for _ in range(3):
-        port = free_port()
-        log = (tmp_path / "fake-ibmcloud.log").open("ab")
-        proc = subprocess.Popen([*drbroker_command(), "fake-ibmcloud", "--port", str(port), "--step-seconds", "0.05"],
-                                env=base_env(None), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if requests.get(f"{url}/_fake/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        else:
-            proc.kill()
-            proc.wait(10)
-            continue
-        try:
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            log.close()
-        return
-    raise AssertionError("drbroker fake-ibmcloud did not start: " + (tmp_path / "fake-ibmcloud.log").read_text())
 
 
 def _patch(osb: Client, iid: str, body: dict[str, Any]) -> requests.Response:

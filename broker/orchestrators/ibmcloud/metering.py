@@ -4,9 +4,10 @@ For each instance of a plan with ``free: false`` that is ready and enabled (a di
 billed), every finished hour since it was created (at most ``BACKFILL_HOURS`` back) gets one record:
 ``instance_hours`` = 1 and ``protected_volume_hours`` = the number of protected volumes.
 
-Idempotent per hour: a row in ``metering_records`` (instance, hour) is claimed before the record is sent
-(state ``sending`` with a lease, so two processes never send the same hour at once, and a process that died
-mid-send is taken over when the lease ends), then marked ``sent``. IBM's metering service also answers 409
+Idempotent per hour: a row in ``metering_records`` (instance, hour; read and written only through
+``broker.store.metering``) is claimed before the record is sent (state ``sending`` with a lease, so two
+processes never send the same hour at once, and a process that died mid-send is taken over when the lease
+ends), then marked ``sent``. IBM's metering service also answers 409
 for a record it already accepted, which counts as sent. Transient errors are retried (``RetryPolicy``),
 and whatever still fails stays ``sending`` until its lease ends and the next run tries again; a record IBM
 rejects (4xx) is ``rejected`` with its error. The IBM transaction id of the accepted call is kept.
@@ -23,14 +24,12 @@ from typing import Any
 from ibm_cloud_sdk_core.authenticators import Authenticator
 from ibm_platform_services import UsageMeteringV4
 from ibm_platform_services.usage_metering_v4 import MeasureAndQuantity, ResourceInstanceUsage
-from sqlalchemy import and_, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from broker.domain.catalog import Catalog
 from broker.domain.errors import PermanentBackendError, TransientBackendError
 from broker.domain.models import Instance, InstanceState
 from broker.orchestrators.ibmcloud.errors import call, collecting
-from broker.store.tables import metering_records
+from broker.store import metering as metering_rows
 from broker.workflows.periodic import PeriodicJob
 from broker.workflows.retry import RetryPolicy
 
@@ -105,24 +104,10 @@ class UsageMeter(PeriodicJob):
         return str(inst.context.get("crn") or inst.id)
 
     def _claim(self, inst: Instance, hour: int, now: float) -> bool:
-        key = and_(metering_records.c.instance_id == inst.id, metering_records.c.hour_start == hour)
         with self.store.write() as tx:
-            row = tx.conn.execute(select(metering_records.c.state).where(key)).first()
-            if row is None:
-                try:
-                    tx.conn.execute(insert(metering_records).values(
-                        instance_id=inst.id, hour_start=hour, plan_id=inst.plan_id,
-                        resource_instance_id=self._resource_instance_id(inst), state="sending", attempts=0,
-                        lease_until=now + LEASE_SECONDS, updated_at=now))
-                    return True
-                except IntegrityError:
-                    return False
-            # Taken over only when a sender's lease ran out (it died, or every retry failed).
-            taken = tx.conn.execute(update(metering_records).where(and_(key, metering_records.c.state == "sending",
-                                    or_(metering_records.c.lease_until.is_(None),
-                                        metering_records.c.lease_until < now)))
-                                    .values(lease_until=now + LEASE_SECONDS, updated_at=now))
-            return taken.rowcount == 1
+            return metering_rows.claim_hour(tx, instance_id=inst.id, hour_start=hour, plan_id=inst.plan_id,
+                                            resource_instance_id=self._resource_instance_id(inst), now=now,
+                                            lease_until=now + LEASE_SECONDS)
 
     def _record(self, inst: Instance, hour: int) -> ResourceInstanceUsage:
         volumes = len(inst.parameters.get("protected_volumes") or [])
@@ -152,7 +137,7 @@ class UsageMeter(PeriodicJob):
                 raise TransientBackendError(f"usage record: {status} {result[0].get('message', '')}")
             return result[0], tid
 
-        key = and_(metering_records.c.instance_id == inst.id, metering_records.c.hour_start == hour)
+        key = (inst.id, hour)
         try:
             outcome, tid = self.retry.call(send)
         except TransientBackendError as exc:
@@ -171,12 +156,10 @@ class UsageMeter(PeriodicJob):
         self._update(key, attempts, state="rejected", error=detail, transaction_id=tid)
         return Report(inst.id, hour, "rejected", detail)
 
-    def _update(self, key: Any, attempts: int, **values: Any) -> None:
+    def _update(self, key: tuple[str, int], attempts: int, **values: Any) -> None:
         with self.store.write() as tx:
-            tx.conn.execute(update(metering_records).where(key).values(
-                attempts=metering_records.c.attempts + attempts, updated_at=self.clock(), **values))
+            metering_rows.update_record(tx, *key, attempts=attempts, now=self.clock(), **values)
 
     def records(self) -> list[dict[str, Any]]:
         with self.store.read() as tx:
-            return [dict(r._mapping) for r in tx.conn.execute(
-                select(metering_records).order_by(metering_records.c.instance_id, metering_records.c.hour_start))]
+            return metering_rows.list_records(tx)

@@ -2,7 +2,9 @@
 
 Every resource is owned by an instance (and maybe a binding) and has a deterministic name derived from
 its owner and kind, so an action that is repeated after a crash finds the resource it made before
-instead of making a second one (the unique index on kind+name makes a duplicate impossible).
+instead of making a second one (the unique index on kind+name makes a duplicate impossible). The rows are
+read and written only through ``broker.store.simcloud.SimResourceRows`` (one statement per call, under the
+store's writer lock), so this module holds no tables or SQL.
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine
 
-from broker.store.db import is_sqlite, writer_lock
-from broker.store.tables import sim_resources
+from broker.store.simcloud import SimResourceRows
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,6 @@ def resource_name(kind: str, instance_id: str, binding_id: str | None = None, pa
 
 BULK_CHUNK = 500  # ids per IN list, well inside SQLite's and PostgreSQL's bound-parameter limits
 
-# Built once: SQLAlchemy reuses their compiled form without re-hashing a new expression on every call.
-_BY_NAME = select(sim_resources).where(and_(sim_resources.c.kind == bindparam("kind"),
-                                            sim_resources.c.name == bindparam("name")))
-_DELETE_BY_NAME = delete(sim_resources).where(and_(sim_resources.c.kind == bindparam("kind"),
-                                                   sim_resources.c.name == bindparam("name")))
-_UPDATE = update(sim_resources).where(sim_resources.c.id == bindparam("k_id"))
-_INSERT = insert(sim_resources)
-
-
 def _row(row: Any) -> Resource:
     m = row._mapping
     return Resource(id=m["id"], kind=m["kind"], name=m["name"], instance_id=m["instance_id"],
@@ -68,13 +59,11 @@ def _row(row: Any) -> Resource:
 class SimulatedCloud:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # A lookup is one SELECT: on SQLite it needs no transaction around it (see ``Store.read``).
-        self._single = engine.execution_options(sqlite_begin=None) if is_sqlite(engine) else engine
+        self.rows = SimResourceRows(engine)
 
     def get(self, kind: str, instance_id: str, binding_id: str | None = None, part: str = "") -> Resource | None:
         name = resource_name(kind, instance_id, binding_id, part)
-        with self._single.connect() as conn:
-            row = conn.execute(_BY_NAME, {"kind": kind, "name": name}).first()
+        row = self.rows.by_name(kind, name)
         return _row(row) if row else None
 
     def get_many(self, kind: str, instance_ids: Sequence[str]) -> dict[str, Resource]:
@@ -85,10 +74,7 @@ class SimulatedCloud:
         ids = list(dict.fromkeys(instance_ids))
         for start in range(0, len(ids), BULK_CHUNK):
             chunk = ids[start:start + BULK_CHUNK]
-            stmt = select(sim_resources).where(sim_resources.c.kind == kind, sim_resources.c.instance_id.in_(chunk))
-            with self._single.connect() as conn:
-                rows = conn.execute(stmt).all()
-            for row in rows:
+            for row in self.rows.of_instances(kind, chunk):
                 res = _row(row)
                 if res.name == resource_name(kind, res.instance_id):
                     found[res.instance_id] = res
@@ -105,10 +91,7 @@ class SimulatedCloud:
                       name=resource_name(kind, instance_id, binding_id, part), instance_id=instance_id,
                       binding_id=binding_id, state=state, data=json.dumps(dict(data), sort_keys=True),
                       created_at=now, updated_at=now)
-        try:
-            with writer_lock(self.engine), self.engine.begin() as conn:
-                conn.execute(_INSERT, values)
-        except IntegrityError:
+        if not self.rows.insert(values):
             # A concurrent attempt created it first; ours is discarded. Leases keep one step from running in
             # two places at once, so this deserves a warning (the chaos test looks for it).
             log.warning("simulated cloud: duplicate create of %s %s refused by the unique index", kind,
@@ -134,40 +117,26 @@ class SimulatedCloud:
     def update(self, res: Resource, *, state: str | None = None, data: Mapping[str, Any] | None = None) -> Resource:
         merged = {**res.data, **(data or {})}
         new_state = state if state is not None else res.state
-        with writer_lock(self.engine), self.engine.begin() as conn:
-            conn.execute(_UPDATE, {"k_id": res.id, "state": new_state, "data": json.dumps(merged, sort_keys=True),
-                                   "updated_at": time.time()})
+        self.rows.update(res.id, state=new_state, data=json.dumps(merged, sort_keys=True), updated_at=time.time())
         return Resource(id=res.id, kind=res.kind, name=res.name, instance_id=res.instance_id,
                         binding_id=res.binding_id, state=new_state, data=merged, created_at=res.created_at)
 
     def by_id(self, resource_id: str) -> Resource | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(sim_resources).where(sim_resources.c.id == resource_id)).first()
+        row = self.rows.by_id(resource_id)
         return _row(row) if row else None
 
     def of_kind(self, kind: str, instance_id: str | None = None) -> list[Resource]:
-        stmt = select(sim_resources).where(sim_resources.c.kind == kind).order_by(sim_resources.c.created_at)
-        if instance_id is not None:
-            stmt = stmt.where(sim_resources.c.instance_id == instance_id)
-        with self.engine.connect() as conn:
-            return [_row(r) for r in conn.execute(stmt)]
+        return [_row(r) for r in self.rows.of_kind(kind, instance_id)]
 
     def remove(self, kind: str, instance_id: str, binding_id: str | None = None, part: str = "") -> bool:
         name = resource_name(kind, instance_id, binding_id, part)
-        with writer_lock(self.engine), self.engine.begin() as conn:
-            return conn.execute(_DELETE_BY_NAME, {"kind": kind, "name": name}).rowcount > 0
+        return self.rows.delete_by_name(kind, name)
 
     def remove_all(self, kind: str, instance_id: str, binding_id: str | None = None) -> int:
-        cond = [sim_resources.c.kind == kind, sim_resources.c.instance_id == instance_id]
-        if binding_id is not None:
-            cond.append(sim_resources.c.binding_id == binding_id)
-        with writer_lock(self.engine), self.engine.begin() as conn:
-            return conn.execute(delete(sim_resources).where(and_(*cond))).rowcount
+        return self.rows.delete_owned(kind, instance_id, binding_id)
 
     def remove_binding_resources(self, instance_id: str) -> int:
-        with writer_lock(self.engine), self.engine.begin() as conn:
-            return conn.execute(delete(sim_resources).where(and_(
-                sim_resources.c.instance_id == instance_id, sim_resources.c.binding_id.is_not(None)))).rowcount
+        return self.rows.delete_binding_resources(instance_id)
 
     def seed(self, rows: list[tuple[str, str, str, dict[str, Any]]]) -> None:
         """Insert customer-owned resources (kind, natural id, state, data) in one transaction, once."""
@@ -178,18 +147,9 @@ class SimulatedCloud:
                        name=resource_name(kind, SEED_OWNER, None, natural), instance_id=SEED_OWNER, binding_id=None,
                        state=state, data=json.dumps(data, sort_keys=True), created_at=now, updated_at=now)
                   for kind, natural, state, data in rows]
-        try:
-            with writer_lock(self.engine), self.engine.begin() as conn:
-                conn.execute(insert(sim_resources), values)
-        except IntegrityError:
-            pass  # another process seeded it first
+        self.rows.insert(values)  # refused when another process seeded it first
 
     def inventory(self, instance_id: str | None = None, *, include_seed: bool = False) -> list[Resource]:
         """Resources owned by broker instances (or by one); the customer's seeded account on request."""
-        stmt = select(sim_resources).order_by(sim_resources.c.instance_id, sim_resources.c.created_at)
-        if instance_id is not None:
-            stmt = stmt.where(sim_resources.c.instance_id == instance_id)
-        elif not include_seed:
-            stmt = stmt.where(sim_resources.c.instance_id != SEED_OWNER)
-        with self.engine.connect() as conn:
-            return [_row(r) for r in conn.execute(stmt)]
+        rows = self.rows.owned(instance_id, exclude_owner=None if include_seed else SEED_OWNER)
+        return [_row(r) for r in rows]

@@ -1,0 +1,147 @@
+"""The fake IAM: tokens (``POST /identity/token``), service IDs and API keys (IAM identity), access policies.
+
+Registered on the fake's app by ``app.create_app``; the token route is the one the middleware does not
+check a token on.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, jsonify, request
+
+from broker.fakecloud.common import json_body, need
+from broker.fakecloud.state import (
+    FakeError,
+    FakeState,
+    iso,
+)
+from broker.orchestrators.simulated.seed import DEMO_ACCOUNT as DEMO_ACCOUNT_ID
+
+
+def register(app: Flask, S: FakeState) -> None:
+    """Add this service's routes to the fake's ``app``, serving from ``S``."""
+    # IAM token ------------------------------------------------------------------------------------
+    @app.post("/identity/token")
+    def iam_token() -> Any:
+        if not request.content_type or "application/x-www-form-urlencoded" not in request.content_type:
+            raise FakeError(400, "BXNIM0109E", "Property missing or empty: the body must be form-encoded")
+        form = request.form
+        grant = form.get("grant_type")
+        if grant == "urn:ibm:params:oauth:grant-type:apikey":
+            key = form.get("apikey") or ""
+            if not key:
+                raise FakeError(400, "BXNIM0109E", "Property missing or empty. Property name: apikey")
+            if key.startswith("invalid"):
+                raise FakeError(400, "BXNIM0415E", "Provided API key could not be found.")
+            owner = next((k for k in S.api_keys.values() if k["apikey"] == key), None)
+            iam_id = owner["iam_id"] if owner else "iam-ServiceId-fake-broker"
+            return jsonify(S.issue_token(iam_id, DEMO_ACCOUNT_ID, iam_id))
+        if grant == "urn:ibm:params:oauth:grant-type:assume":
+            S.check_token("Bearer " + (form.get("access_token") or ""))
+            profile = form.get("profile_id") or form.get("profile_crn") or form.get("profile_name")
+            if not profile:
+                raise FakeError(400, "BXNIM0109E", "Property missing or empty: profile_id")
+            if not str(profile).startswith(("Profile-", "crn:")) and not form.get("account"):
+                raise FakeError(400, "BXNIM0513E", f"Trusted profile {profile} not found")
+            return jsonify(S.issue_token(f"iam-{profile}", DEMO_ACCOUNT_ID, str(profile)))
+        raise FakeError(400, "BXNIM0109E", f"unsupported grant_type {grant!r}")
+
+    # IAM identity -----------------------------------------------------------------------------------
+    @app.post("/v1/serviceids/")
+    def iam_sid_create() -> Any:
+        body = json_body()
+        need(body, "account_id", "name")
+        sid = f"ServiceId-{uuid.uuid4()}"
+        rec = {"id": sid, "iam_id": f"iam-{sid}", "account_id": body["account_id"], "name": body["name"],
+               "description": body.get("description"), "unique_instance_crns": body.get("unique_instance_crns") or [],
+               "crn": f"crn:v1:bluemix:public:iam-identity::a/{body['account_id']}::serviceid:{sid}",
+               "entity_tag": "1-fake", "locked": False, "created_at": iso(time.time())}
+        S.service_ids[sid] = rec
+        return jsonify(rec), 201
+
+    @app.get("/v1/serviceids/")
+    def iam_sids() -> Any:
+        need(request.args, "account_id")
+        rows = [s for s in S.service_ids.values() if s["account_id"] == request.args["account_id"]
+                and (not request.args.get("name") or s["name"] == request.args["name"])]
+        return jsonify({"offset": 0, "limit": len(rows), "serviceids": rows})
+
+    @app.delete("/v1/serviceids/<sid>")
+    def iam_sid_delete(sid: str) -> Any:
+        rec = S.service_ids.pop(sid, None)
+        if rec is None:
+            raise FakeError(404, "not_found", f"service ID {sid} not found")
+        for kid in [k for k, v in S.api_keys.items() if v["iam_id"] == rec["iam_id"]]:
+            del S.api_keys[kid]
+        return "", 204
+
+    @app.post("/v1/apikeys")
+    def iam_key_create() -> Any:
+        body = json_body()
+        need(body, "name", "iam_id")
+        if body["iam_id"].startswith("iam-ServiceId-") and not any(s["iam_id"] == body["iam_id"]
+                                                                    for s in S.service_ids.values()):
+            raise FakeError(404, "not_found", f"identity {body['iam_id']} not found")
+        kid = f"ApiKey-{uuid.uuid4()}"
+        rec = {"id": kid, "name": body["name"], "iam_id": body["iam_id"], "account_id": body.get("account_id"),
+               "description": body.get("description"), "apikey": uuid.uuid4().hex + uuid.uuid4().hex,
+               "crn": f"crn:v1:bluemix:public:iam-identity::a/{body.get('account_id')}::apikey:{kid}",
+               "created_at": iso(time.time()), "locked": False}
+        S.api_keys[kid] = rec
+        return jsonify(rec), 201
+
+    @app.get("/v1/apikeys")
+    def iam_keys() -> Any:
+        rows = [{k: v for k, v in rec.items() if k != "apikey"} for rec in S.api_keys.values()
+                if (not request.args.get("iam_id") or rec["iam_id"] == request.args["iam_id"])
+                and (not request.args.get("account_id") or rec["account_id"] == request.args["account_id"])]
+        return jsonify({"offset": 0, "limit": len(rows), "apikeys": rows})
+
+    @app.delete("/v1/apikeys/<kid>")
+    def iam_key_delete(kid: str) -> Any:
+        if S.api_keys.pop(kid, None) is None:
+            raise FakeError(404, "not_found", f"API key {kid} not found")
+        return "", 204
+
+    # IAM policies ---------------------------------------------------------------------------------
+    @app.post("/v1/policies")
+    def pol_create() -> Any:
+        body = json_body()
+        need(body, "type", "subjects", "roles", "resources")
+        if body["type"] not in ("access", "authorization"):
+            raise FakeError(400, "invalid_type", "type must be access or authorization")
+        subject = {a.get("name"): a.get("value") for a in (body["subjects"][0].get("attributes") or [])}
+        resource = {a.get("name"): a.get("value") for a in (body["resources"][0].get("attributes") or [])}
+        if not subject.get("iam_id") and not subject.get("access_group_id"):
+            raise FakeError(400, "invalid_subject", "subjects[0] needs an iam_id or access_group_id attribute")
+        if not resource.get("accountId"):
+            raise FakeError(400, "invalid_resource", "resources[0] needs an accountId attribute")
+        roles = [r.get("role_id") for r in body["roles"]]
+        if not roles or not all(str(r).startswith("crn:v1:bluemix:public:iam::::") for r in roles):
+            raise FakeError(400, "invalid_role", "roles[].role_id must be IAM role CRNs")
+        for p in S.policies.values():
+            if (p["subjects"], p["resources"], p["roles"]) == (body["subjects"], body["resources"], body["roles"]):
+                raise FakeError(409, "policy_conflict_error", f"Failed to create policy: an identical policy {p['id']} "
+                                                              "exists")
+        pid = str(uuid.uuid4())
+        rec = {"id": pid, "type": body["type"], "subjects": body["subjects"], "roles": body["roles"],
+               "resources": body["resources"], "description": body.get("description"), "state": "active",
+               "href": f"/v1/policies/{pid}", "created_at": iso(time.time()), "account_id": resource["accountId"]}
+        S.policies[pid] = rec
+        return jsonify(rec), 201
+
+    @app.get("/v1/policies")
+    def pol_list() -> Any:
+        need(request.args, "account_id")
+        rows = [p for p in S.policies.values() if p["account_id"] == request.args["account_id"]
+                and (not request.args.get("type") or p["type"] == request.args["type"])]
+        return jsonify({"policies": rows})
+
+    @app.delete("/v1/policies/<pid>")
+    def pol_delete(pid: str) -> Any:
+        if S.policies.pop(pid, None) is None:
+            raise FakeError(404, "policy_not_found", f"policy {pid} not found")
+        return "", 204

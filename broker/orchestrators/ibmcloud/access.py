@@ -1,0 +1,137 @@
+"""IAM steps: a binding's service ID, its API key and key-reader policy, the credentials it gets, revocation.
+
+A binding is an IAM identity of its own (or one the caller brings), allowed to read the instance's root key;
+its credentials describe the replication, the orchestrator and the wrapped data key. Deprovisioning revokes
+every binding's IAM objects by the instance's name prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from broker.domain.errors import PermanentBackendError
+from broker.domain.protocols import StepContext
+from broker.orchestrators.ibmcloud.common import IbmSteps
+from broker.orchestrators.ibmcloud.naming import Names
+
+READER = "crn:v1:bluemix:public:iam::::serviceRole:"
+
+
+class AccessSteps(IbmSteps):
+    """The IAM actions of binding, unbinding and deprovisioning."""
+
+    def create_service_id(self, ctx: StepContext) -> Mapping[str, Any]:
+        given = ctx.bind_resource.get("serviceid_crn")
+        if given:
+            return {"serviceid_crn": given, "serviceid_created": False,
+                    "iam_id": "iam-" + str(given).rsplit(":", 1)[-1]}
+        account = self._account(ctx)
+        name = Names(ctx.instance_id).binding(ctx.binding_id or "")
+        sid = self.iam.find_service_id(account, name)
+        if sid is None:
+            sid = self.iam.create_service_id(account, name, ctx.context.get("crn"))
+        return {"serviceid_crn": sid.get("crn"), "serviceid_id": sid.get("id"), "iam_id": sid.get("iam_id"),
+                "serviceid_created": True}
+
+    def delete_service_id(self, ctx: StepContext) -> Mapping[str, Any]:
+        if not ctx.parameters.get("primary_workspace_crn"):
+            return {}
+        sid = self.iam.find_service_id(self._account(ctx), Names(ctx.instance_id).binding(ctx.binding_id or ""))
+        if sid is not None:
+            self.iam.delete_service_id(sid["id"])
+        return {}
+
+    def grant_key_access(self, ctx: StepContext) -> Mapping[str, Any]:
+        names = Names(ctx.instance_id)
+        key = self.kp.find_key(names.root_key)
+        if key is None:
+            raise PermanentBackendError("the instance has no root key")
+        account = self._account(ctx)
+        description = names.binding_policy(ctx.binding_id or "")
+        existing = self.iam.policies_described(account, description)
+        if existing:
+            return {"key_policy_id": existing[0]["id"]}
+        iam_id = ctx.outputs.get("iam_id") or "iam-" + str(ctx.outputs.get("serviceid_crn", "")).rsplit(":", 1)[-1]
+        role = READER + str(ctx.binding_parameters.get("role", "Reader"))
+        policy = self.iam.create_key_reader_policy(account, iam_id, str(self.kp.instance_id), key["id"],
+                                                   description, role)
+        return {"key_policy_id": policy.get("id")}
+
+    def revoke_key_access(self, ctx: StepContext) -> Mapping[str, Any]:
+        if not ctx.parameters.get("primary_workspace_crn"):
+            return {}
+        description = Names(ctx.instance_id).binding_policy(ctx.binding_id or "")
+        removed = []
+        for policy in self.iam.policies_described(self._account(ctx), description):
+            self.iam.delete_policy(policy["id"])
+            removed.append(policy["id"])
+        return {"revoked_policies": removed}
+
+    def issue_credentials(self, ctx: StepContext) -> Mapping[str, Any]:
+        primary, secondary = self._sites(ctx)
+        p, s = self._ws(primary), self._ws(secondary)
+        ep = self.config.endpoints
+        group = self._group(ctx)
+        details = self.powervs.storage_details(primary, group["id"]) if group else {}
+        credentials: dict[str, Any] = {"backend": "ibmcloud", "dr_instance_id": ctx.instance_id}
+        credentials["replication"] = {
+            "type": "global_mirror_change_volumes",
+            "primary": {"workspace_crn": primary, "zone": p.zone, "volume_group_id": group["id"] if group else None,
+                        "api": ep.url("powervs", p.region or p.zone)},
+            "secondary": {"workspace_crn": secondary, "zone": s.zone, "volume_group_id": self._aux_group_id(ctx),
+                          "api": ep.url("powervs", s.region or s.zone)},
+            "consistency_group_name": details.get("consistencyGroupName"),
+            "rpo_target_minutes": ctx.parameters.get("rpo_target_minutes"),
+        }
+        if ctx.plan.features.get("orchestrator") == "ksys":
+            guid = self._dra_guid(ctx)
+            last = (self.dra.last_operation(guid) or {}) if guid else {}
+            ip = last.get("primary_ip_address")
+            credentials["orchestrator"] = {"dr_automation_instance_id": guid, "dr_automation_instance_crn":
+                                           last.get("crn"), "endpoint": f"https://{ip}:3000" if ip else None,
+                                           "primary_ip": ip, "standby_ip": last.get("standby_ip_address"),
+                                           "dr_api": ep.url("dra")}
+        if ctx.outputs.get("wrapped_dek"):
+            credentials["kms"] = {
+                "endpoint": self.kp.url, "instance_id": self.kp.instance_id,
+                "root_key_crn": ctx.outputs.get("root_key_crn"), "key_ring_id": self._key_ring(ctx),
+                "wrapped_dek": ctx.outputs["wrapped_dek"], "key_version_id": ctx.outputs.get("key_version"),
+                "aad": [ctx.instance_id, ctx.binding_id]}
+        iam: dict[str, Any] = {"serviceid_crn": ctx.outputs.get("serviceid_crn")}
+        if ctx.outputs.get("serviceid_created"):
+            account = self._account(ctx)
+            name = Names(ctx.instance_id).binding_key(ctx.binding_id or "")
+            iam_id = ctx.outputs.get("iam_id")
+            # A fresh key on every run: an earlier attempt's key value was never stored by IAM or by us.
+            for key in self.iam.api_keys(account, iam_id):
+                if key.get("name") == name:
+                    self.iam.delete_api_key(key["id"])
+            iam["apikey"] = self.iam.create_api_key(account, iam_id, name).get("apikey")
+        credentials["iam"] = iam
+        return {"credentials": credentials}
+
+    def revoke_credentials(self, ctx: StepContext) -> Mapping[str, Any]:
+        if not ctx.parameters.get("primary_workspace_crn"):
+            return {}
+        names = Names(ctx.instance_id)
+        account = self._account(ctx)
+        sid = self.iam.find_service_id(account, names.binding(ctx.binding_id or ""))
+        if sid is None:
+            return {}
+        for key in self.iam.api_keys(account, sid["iam_id"]):
+            if key.get("name") == names.binding_key(ctx.binding_id or ""):
+                self.iam.delete_api_key(key["id"])
+        return {}
+
+    def revoke_all_bindings(self, ctx: StepContext) -> Mapping[str, Any]:
+        names = Names(ctx.instance_id)
+        account = self._account(ctx)
+        count = 0
+        for policy in self.iam.policies_with_prefix(account, names.tag + "-"):
+            self.iam.delete_policy(policy["id"])
+            count += 1
+        for sid in self.iam.service_ids_with_prefix(account, names.tag + "-"):
+            self.iam.delete_service_id(sid["id"])  # IAM deletes the service ID's API keys with it
+            count += 1
+        return {"revoked_resources": count}
