@@ -35,7 +35,12 @@ def grs_params(n: int, volumes: int = 2) -> dict[str, Any]:
     one replication group, so instances alive at the same time need their own volumes."""
     vols = [f"vol-bulk-{n * volumes + k + 1:03d}" for k in range(volumes)]
     return {**GRS_PARAMS, "protected_volumes": vols}
-KSYS_PARAMS = {**GRS_PARAMS, "orchestrator": {"name": "ksys-prod", "password": "orchestrator-pass-42"}}
+
+
+# What DR Automation deploys an orchestrator with besides its name and password (HA plans: the standby's too).
+ORCH_DEPLOY = {"ssh_key_name": "ksys-key", "network_ids": ["dr-net-secondary"],
+               "standby_network_ids": ["dr-net-primary"]}
+KSYS_PARAMS = {**GRS_PARAMS, "orchestrator": {"name": "ksys-prod", "password": "Orchestrator-Pass-42", **ORCH_DEPLOY}}
 
 
 def auth_header(user: str = USER, password: str = PASSWORD) -> str:

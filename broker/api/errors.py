@@ -25,6 +25,7 @@ STATUS: dict[type[e.BrokerError], int] = {
     e.RequiresApp: 422,
     e.BackendError: 502,
     e.TransientBackendError: 503,
+    e.AwaitingApproval: 503,  # a step waits for a person; never raised in a request, only in a worker
     e.PermanentBackendError: 502,
     e.ServiceUnavailable: 503,
 }

@@ -7,11 +7,13 @@ on the PATCH operation with the schema the catalog enforces, and each plan's cat
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
 from broker import __version__
+from broker.api import parsing as p
 
 bp = Blueprint("openapi", __name__)
 
@@ -52,22 +54,13 @@ def build_document(dr_action_schema: dict[str, Any] | None) -> dict[str, Any]:
     op_q = {"name": "operation", "in": "query", "schema": {"type": "string"}}
     retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds until the running "
                                                                                  "step should finish"}}
-    update_body: dict[str, Any] = {"type": "object", "required": ["service_id"], "properties": {
-        "service_id": {"type": "string"}, "plan_id": {"type": "string"}, "parameters": {"type": "object"},
-        "context": {"type": "object"}, "maintenance_info": {"type": "object"}, "previous_values": {"type": "object"}}}
+    # the schemas the broker checks the bodies with (broker/api/parsing.py), not a restatement of them
+    update_body: dict[str, Any] = copy.deepcopy(p.UPDATE_BODY)
     if dr_action_schema:
         update_body["x-dr-action"] = {"description": "A day-2 DR action: send parameters {\"dr_action\": {...}} "
                                                      "alone; it runs asynchronously like any update.",
                                       "schema": dr_action_schema}
-    provision_body = {"type": "object", "required": ["service_id", "plan_id"], "properties": {
-        "service_id": {"type": "string"}, "plan_id": {"type": "string"}, "organization_guid": {"type": "string"},
-        "space_guid": {"type": "string"}, "context": {"type": "object"}, "parameters": {"type": "object"},
-        "maintenance_info": {"type": "object", "properties": {"version": {"type": "string"}}}}}
-    bind_body = {"type": "object", "required": ["service_id", "plan_id"], "properties": {
-        "service_id": {"type": "string"}, "plan_id": {"type": "string"}, "parameters": {"type": "object"},
-        "context": {"type": "object"}, "app_guid": {"type": "string"}, "bind_resource": {"type": "object",
-        "properties": {"app_guid": {"type": "string"}, "route": {"type": "string"},
-                       "serviceid_crn": {"type": "string", "description": "IBM Cloud: bind this service ID"}}}}}
+    provision_body, bind_body = p.PROVISION_BODY, p.BIND_BODY
     inst_path = "/v2/service_instances/{instance_id}"
     bind_path = inst_path + "/service_bindings/{binding_id}"
     return {

@@ -87,16 +87,16 @@ def catalog() -> Response:
 def provision(instance_id: str) -> tuple[Response, int]:
     iid = p.decode_id(instance_id, "instance_id")
     accepts = p.flag(request.args, "accepts_incomplete")
-    body = p.json_body(request.get_data())
+    body = p.check_body(p.json_body(request.get_data()), p.PROVISION_BODY)
     req = ProvisionRequest(
         instance_id=iid,
-        service_id=p.field(body, "service_id", "string", required=True),
-        plan_id=p.field(body, "plan_id", "string", required=True),
+        service_id=body["service_id"],
+        plan_id=body["plan_id"],
         accepts_incomplete=accepts,
-        organization_guid=p.field(body, "organization_guid", "string"),
-        space_guid=p.field(body, "space_guid", "string"),
-        context=p.field(body, "context", "object") or {},
-        parameters=p.field(body, "parameters", "object") or {},
+        organization_guid=body.get("organization_guid"),
+        space_guid=body.get("space_guid"),
+        context=body.get("context") or {},
+        parameters=body.get("parameters") or {},
         maintenance_version=p.maintenance_version(body),
         caller=caller(),
     )
@@ -107,17 +107,16 @@ def provision(instance_id: str) -> tuple[Response, int]:
 def update(instance_id: str) -> tuple[Response, int]:
     iid = p.decode_id(instance_id, "instance_id")
     accepts = p.flag(request.args, "accepts_incomplete")
-    body = p.json_body(request.get_data())
-    previous = p.field(body, "previous_values", "object") or {}
+    body = p.check_body(p.json_body(request.get_data()), p.UPDATE_BODY)
     req = UpdateRequest(
         instance_id=iid,
-        service_id=p.field(body, "service_id", "string", required=True),
-        plan_id=p.field(body, "plan_id", "string"),
+        service_id=body["service_id"],
+        plan_id=body.get("plan_id"),
         accepts_incomplete=accepts,
-        parameters=p.field(body, "parameters", "object"),
-        context=p.field(body, "context", "object") or {},
+        parameters=body.get("parameters"),
+        context=body.get("context") or {},
         maintenance_version=p.maintenance_version(body),
-        previous_values=previous,
+        previous_values=body.get("previous_values") or {},
         caller=caller(),
     )
     return respond(service().update(req))
@@ -151,20 +150,17 @@ def bind(instance_id: str, binding_id: str) -> tuple[Response, int]:
     iid = p.decode_id(instance_id, "instance_id")
     bid = p.decode_id(binding_id, "binding_id")
     accepts = p.flag(request.args, "accepts_incomplete")
-    body = p.json_body(request.get_data())
-    bind_resource = p.field(body, "bind_resource", "object") or {}
-    for key in ("app_guid", "route", "serviceid_crn"):
-        p.field(bind_resource, key, "string", prefix="bind_resource.")
+    body = p.check_body(p.json_body(request.get_data()), p.BIND_BODY)
     req = BindRequest(
         instance_id=iid,
         binding_id=bid,
-        service_id=p.field(body, "service_id", "string", required=True),
-        plan_id=p.field(body, "plan_id", "string", required=True),
+        service_id=body["service_id"],
+        plan_id=body["plan_id"],
         accepts_incomplete=accepts,
-        parameters=p.field(body, "parameters", "object") or {},
-        bind_resource=bind_resource,
-        context=p.field(body, "context", "object") or {},
-        app_guid=p.field(body, "app_guid", "string"),
+        parameters=body.get("parameters") or {},
+        bind_resource=body.get("bind_resource") or {},
+        context=body.get("context") or {},
+        app_guid=body.get("app_guid"),
         caller=caller(),
     )
     return respond(service().bind(req))

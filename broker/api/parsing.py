@@ -2,6 +2,10 @@
 
 Every failure is a ``BadRequest`` whose description names the field; values are never echoed, since a
 body may carry secrets.
+
+The OSB bodies' shapes are JSON schemas (``PROVISION_BODY``, ``UPDATE_BODY``, ``BIND_BODY``), checked with
+``jsonschema`` and published as they are in ``/openapi.json``. They stay within what OpenAPI 3.0 reads, so
+``null`` is not a type: a field sent as ``null`` counts as absent (``_present``), as OSB platforms send it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
+
+from jsonschema import Draft202012Validator, ValidationError
 
 from broker.domain.errors import BadRequest
 
@@ -92,33 +98,84 @@ def json_body(data: bytes, *, required: bool = True) -> dict[str, Any]:
     return body
 
 
-_TYPES = {"string": str, "object": dict, "boolean": bool}
+def _id(**extra: Any) -> dict[str, Any]:
+    return {"type": "string", "maxLength": MAX_ID_LENGTH, **extra}
 
 
-def field(body: Mapping[str, Any], name: str, kind: str, *, required: bool = False,
-          prefix: str = "") -> Any:
-    """One typed field of a body; absent optional fields are None."""
-    value = body.get(name)
-    where = f"{prefix}{name}"
-    if value is None:
-        if required:
-            raise BadRequest(f"{where}: is required")
-        return None
-    if not isinstance(value, _TYPES[kind]):
-        raise BadRequest(f"{where}: must be a{'n' if kind == 'object' else ''} {kind}")
-    if kind == "string":
-        if required and not value:
-            raise BadRequest(f"{where}: must not be empty")
-        if len(value) > MAX_ID_LENGTH and name.endswith(("_id", "_guid")):
-            raise BadRequest(f"{where}: longer than {MAX_ID_LENGTH} characters")
-    return value
+_REQUIRED_ID = _id(minLength=1)
+_OBJECT: dict[str, Any] = {"type": "object"}
+_MAINTENANCE_INFO = {"type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}}
+
+# Property order is the order fields are checked in: a body with several faults is told about the first.
+PROVISION_BODY: dict[str, Any] = {"type": "object", "required": ["service_id", "plan_id"], "properties": {
+    "service_id": _REQUIRED_ID, "plan_id": _REQUIRED_ID, "organization_guid": _id(), "space_guid": _id(),
+    "context": _OBJECT, "parameters": _OBJECT, "maintenance_info": _MAINTENANCE_INFO}}
+UPDATE_BODY: dict[str, Any] = {"type": "object", "required": ["service_id"], "properties": {
+    "service_id": _REQUIRED_ID, "plan_id": _id(), "parameters": _OBJECT, "context": _OBJECT,
+    "maintenance_info": _MAINTENANCE_INFO, "previous_values": _OBJECT}}
+BIND_BODY: dict[str, Any] = {"type": "object", "required": ["service_id", "plan_id"], "properties": {
+    "service_id": _REQUIRED_ID, "plan_id": _REQUIRED_ID, "parameters": _OBJECT, "context": _OBJECT,
+    "app_guid": _id(), "bind_resource": {"type": "object", "properties": {
+        "app_guid": _id(), "route": {"type": "string"},
+        "serviceid_crn": {"type": "string", "description": "IBM Cloud: bind this service ID"}}}}}
+
+_VALIDATORS = {id(s): Draft202012Validator(s) for s in (PROVISION_BODY, UPDATE_BODY, BIND_BODY)}
+_ARTICLE = {"object": "an", "array": "an"}
+
+
+def _present(value: Any, schema: Mapping[str, Any]) -> Any:
+    """``value`` without its ``null`` fields, wherever the schema describes the fields (not inside
+    ``parameters`` or ``context``, which are checked elsewhere)."""
+    props = schema.get("properties")
+    if not isinstance(value, dict) or not props:
+        return value
+    return {k: _present(v, props.get(k, {})) for k, v in value.items() if v is not None}
+
+
+def _order(schema: Mapping[str, Any], err: ValidationError) -> tuple[int, ...]:
+    keys, props, out = list(err.absolute_path), schema.get("properties") or {}, []
+    if err.validator == "required":
+        keys.append(_missing(err))
+    for key in keys:
+        names = list(props)
+        out.append(names.index(key) if key in names else len(names))
+        props = (props.get(key) or {}).get("properties") or {}
+    return tuple(out)
+
+
+def _missing(err: ValidationError) -> str:
+    instance = err.instance if isinstance(err.instance, dict) else {}
+    return next((name for name in err.validator_value if name not in instance), "")
+
+
+def _describe(err: ValidationError) -> str:
+    """``<dotted field>: <what is wrong>``, never the value."""
+    path = [str(k) for k in err.absolute_path]
+    if err.validator == "required":
+        return ".".join([*path, _missing(err)]) + ": is required"
+    where = ".".join(path) or "body"
+    if err.validator == "type":
+        kind = str(err.validator_value)
+        return f"{where}: must be {_ARTICLE.get(kind, 'a')} {kind}"
+    if err.validator == "minLength":
+        return f"{where}: must not be empty"
+    if err.validator == "maxLength":
+        return f"{where}: longer than {err.validator_value} characters"
+    return f"{where}: is not valid ({err.validator})"
+
+
+def check_body(body: Mapping[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``body`` checked against one of the OSB body schemas; the first fault, in the schema's property order,
+    is a ``BadRequest`` naming the field. Returns ``body`` as it came."""
+    errors = list(_VALIDATORS[id(schema)].iter_errors(_present(body, schema)))
+    if errors:
+        raise BadRequest(_describe(min(errors, key=lambda e: _order(schema, e))))
+    return dict(body)
 
 
 def maintenance_version(body: Mapping[str, Any]) -> str | None:
-    info = field(body, "maintenance_info", "object")
-    if info is None:
-        return None
-    return field(info, "version", "string", required=True, prefix="maintenance_info.")
+    """The ``maintenance_info.version`` of a body ``check_body`` accepted."""
+    return (body.get("maintenance_info") or {}).get("version")
 
 
 def originating_identity(header: str | None) -> dict[str, Any] | None:

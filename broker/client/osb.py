@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay
 
 
 class ClientError(Exception):
@@ -151,22 +152,31 @@ class OSBClient:
     def wait(self, instance_id: str, *, operation: str | None = None, binding_id: str | None = None,
              timeout: float = 3600.0, on_progress: Callable[[dict[str, Any]], None] | None = None,
              sleep: Callable[[float], None] = time.sleep, max_interval: float = 30.0) -> dict[str, Any]:
-        """Follow last_operation until it is no longer in progress, honouring Retry-After."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Follow last_operation until it is no longer in progress, honouring Retry-After (polled with
+        tenacity: each wait is the broker's Retry-After, at least 0.05 s, at most ``max_interval`` and never past
+        ``timeout``; at the timeout a ``TimeoutError``)."""
+
+        def poll() -> tuple[dict[str, Any], float]:
             resp = self.last_operation(instance_id, binding_id, operation)
-            if resp.status == 410:
-                state = {"state": "succeeded", "description": "gone"}
-            else:
-                state = resp.body or {}
+            state = {"state": "succeeded", "description": "gone"} if resp.status == 410 else (resp.body or {})
             if on_progress:
                 on_progress(state)
-            if state.get("state") != "in progress":
-                return state
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"still in progress after {timeout:g}s: {state.get('description', '')}")
             try:
                 delay = float(resp.headers.get("Retry-After", "2"))
             except ValueError:
                 delay = 2.0
-            sleep(max(0.05, min(delay, max_interval, deadline - time.monotonic())))
+            return state, delay
+
+        def wait(retry_state: RetryCallState) -> float:
+            _, delay = retry_state.outcome.result() if retry_state.outcome else ({}, 2.0)
+            left = timeout - (retry_state.seconds_since_start or 0.0)
+            return max(0.05, min(delay, max_interval, left))
+
+        def timed_out(retry_state: RetryCallState) -> None:
+            state, _ = retry_state.outcome.result() if retry_state.outcome else ({}, 0.0)
+            raise TimeoutError(f"still in progress after {timeout:g}s: {state.get('description', '')}")
+
+        follow = Retrying(stop=stop_after_delay(timeout), wait=wait, sleep=sleep,
+                          retry=retry_if_result(lambda answer: answer[0].get("state") == "in progress"),
+                          retry_error_callback=timed_out)
+        return follow(poll)[0]

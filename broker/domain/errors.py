@@ -16,6 +16,7 @@
     │   └── RequiresApp             422
     ├── BackendError            502  the orchestrator failed (transient or permanent)
     │   ├── TransientBackendError
+    │   │   └── AwaitingApproval     a step waits for a person (e.g. a dual-authorisation delete)
     │   └── PermanentBackendError
     └── ServiceUnavailable      503
 
@@ -111,6 +112,19 @@ class TransientBackendError(BackendError):
     def __init__(self, description: str, *, retry_after: float | None = None) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+
+
+class AwaitingApproval(TransientBackendError):
+    """A step that waits for a person, not for a backend: a Key Protect key with a dual-authorisation policy
+    that another identity must delete. ``description`` says who must do what, by when.
+
+    The engine does not retry it within the run: it parks the operation (still in progress, with this
+    description in last_operation) and runs the step again after ``retry_after`` seconds, however often,
+    without counting it as a failure or against the operation's deadline (see ``broker.workflows.engine``).
+    Where it is not a step (a compensation), it is an ordinary transient error that was not retried."""
+
+    def __init__(self, description: str, *, retry_after: float = 900.0) -> None:
+        super().__init__(description, retry_after=retry_after)
 
 
 class PermanentBackendError(BackendError):

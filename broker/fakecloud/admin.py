@@ -33,8 +33,9 @@ def register(app: Flask, S: FakeState) -> None:
                 return jsonify({"expired_tokens": True}), 201
             if body.get("fail_next"):
                 kind = body["fail_next"]
-                if kind not in ("onboarding", "clone", "dra_deploy", "volume_group"):
-                    raise FakeError(400, "bad_fault", "fail_next: onboarding, clone, dra_deploy or volume_group")
+                kinds = ("onboarding", "clone", "dra_deploy", "volume_group", "volume_group_partial")
+                if kind not in kinds:
+                    raise FakeError(400, "bad_fault", "fail_next: " + ", ".join(kinds))
                 S.fail_next[kind] = S.fail_next.get(kind, 0) + int(body.get("count", 1))
                 return jsonify({"fail_next": S.fail_next}), 201
             fault = Fault(id=len(S.faults) + 1, status=int(body.get("status", 503)), count=int(body.get("count", 1)),
@@ -64,7 +65,10 @@ def register(app: Flask, S: FakeState) -> None:
                 S.step_seconds = float(body["step_seconds"])
             if "token_ttl" in body:
                 S.token_ttl = int(body["token_ttl"])
-        return jsonify({"step_seconds": S.step_seconds, "token_ttl": S.token_ttl})
+            if "kms_dual_auth_seconds" in body:  # Key Protect's dual-authorisation period (IBM: 7 days)
+                S.kms_dual_auth_seconds = float(body["kms_dual_auth_seconds"])
+        return jsonify({"step_seconds": S.step_seconds, "token_ttl": S.token_ttl,
+                        "kms_dual_auth_seconds": S.kms_dual_auth_seconds})
 
     @app.get("/_fake/requests")
     def requests_log() -> Any:

@@ -6,11 +6,13 @@ check a token on.
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 
 from broker.fakecloud.common import json_body, need
 from broker.fakecloud.state import (
@@ -50,15 +52,19 @@ def register(app: Flask, S: FakeState) -> None:
         raise FakeError(400, "BXNIM0109E", f"unsupported grant_type {grant!r}")
 
     # IAM identity -----------------------------------------------------------------------------------
+    # Lists page as IAM does: ``pagesize`` (default 20, 1-100) and an opaque ``pagetoken``; an answer with
+    # more to come carries ``next``, the URL of the next page (``pagetoken=...``).
     @app.post("/v1/serviceids/")
     def iam_sid_create() -> Any:
         body = json_body()
         need(body, "account_id", "name")
         sid = f"ServiceId-{uuid.uuid4()}"
+        now = iso(time.time())
         rec = {"id": sid, "iam_id": f"iam-{sid}", "account_id": body["account_id"], "name": body["name"],
-               "description": body.get("description"), "unique_instance_crns": body.get("unique_instance_crns") or [],
+               "description": body.get("description") or "",
+               "unique_instance_crns": body.get("unique_instance_crns") or [],
                "crn": f"crn:v1:bluemix:public:iam-identity::a/{body['account_id']}::serviceid:{sid}",
-               "entity_tag": "1-fake", "locked": False, "created_at": iso(time.time())}
+               "entity_tag": "1-fake", "locked": False, "created_at": now, "modified_at": now}
         S.service_ids[sid] = rec
         return jsonify(rec), 201
 
@@ -67,7 +73,7 @@ def register(app: Flask, S: FakeState) -> None:
         need(request.args, "account_id")
         rows = [s for s in S.service_ids.values() if s["account_id"] == request.args["account_id"]
                 and (not request.args.get("name") or s["name"] == request.args["name"])]
-        return jsonify({"offset": 0, "limit": len(rows), "serviceids": rows})
+        return jsonify(_identity_page(rows, "serviceids"))
 
     @app.delete("/v1/serviceids/<sid>")
     def iam_sid_delete(sid: str) -> Any:
@@ -82,23 +88,28 @@ def register(app: Flask, S: FakeState) -> None:
     def iam_key_create() -> Any:
         body = json_body()
         need(body, "name", "iam_id")
-        if body["iam_id"].startswith("iam-ServiceId-") and not any(s["iam_id"] == body["iam_id"]
-                                                                    for s in S.service_ids.values()):
+        owner = next((s for s in S.service_ids.values() if s["iam_id"] == body["iam_id"]), None)
+        if body["iam_id"].startswith("iam-ServiceId-") and owner is None:
             raise FakeError(404, "not_found", f"identity {body['iam_id']} not found")
         kid = f"ApiKey-{uuid.uuid4()}"
-        rec = {"id": kid, "name": body["name"], "iam_id": body["iam_id"], "account_id": body.get("account_id"),
-               "description": body.get("description"), "apikey": uuid.uuid4().hex + uuid.uuid4().hex,
-               "crn": f"crn:v1:bluemix:public:iam-identity::a/{body.get('account_id')}::apikey:{kid}",
-               "created_at": iso(time.time()), "locked": False}
+        account = body.get("account_id") or (owner or {}).get("account_id") or DEMO_ACCOUNT_ID
+        now = iso(time.time())
+        rec = {"id": kid, "entity_tag": "1-fake",
+               "crn": f"crn:v1:bluemix:public:iam-identity::a/{account}::apikey:{kid}",
+               "locked": False, "disabled": False, "created_at": now, "created_by": g.claims.get("iam_id", ""),
+               "modified_at": now, "name": body["name"], "description": body.get("description") or "",
+               "iam_id": body["iam_id"], "account_id": account,
+               "apikey": body.get("apikey") or uuid.uuid4().hex + uuid.uuid4().hex,
+               "store_value": bool(body.get("store_value"))}
         S.api_keys[kid] = rec
-        return jsonify(rec), 201
+        return jsonify(_api_key(rec, with_value=True)), 201
 
     @app.get("/v1/apikeys")
     def iam_keys() -> Any:
-        rows = [{k: v for k, v in rec.items() if k != "apikey"} for rec in S.api_keys.values()
+        rows = [_api_key(rec) for rec in S.api_keys.values()
                 if (not request.args.get("iam_id") or rec["iam_id"] == request.args["iam_id"])
                 and (not request.args.get("account_id") or rec["account_id"] == request.args["account_id"])]
-        return jsonify({"offset": 0, "limit": len(rows), "apikeys": rows})
+        return jsonify(_identity_page(rows, "apikeys"))
 
     @app.delete("/v1/apikeys/<kid>")
     def iam_key_delete(kid: str) -> Any:
@@ -107,6 +118,8 @@ def register(app: Flask, S: FakeState) -> None:
         return "", 204
 
     # IAM policies ---------------------------------------------------------------------------------
+    # The list pages with ``limit`` (default 50, 1-100) and ``start``; an answer with more to come
+    # carries ``next: {href, start}``.
     @app.post("/v1/policies")
     def pol_create() -> Any:
         body = json_body()
@@ -127,21 +140,94 @@ def register(app: Flask, S: FakeState) -> None:
                 raise FakeError(409, "policy_conflict_error", f"Failed to create policy: an identical policy {p['id']} "
                                                               "exists")
         pid = str(uuid.uuid4())
+        now = iso(time.time())
+        who = g.claims.get("iam_id", "")
         rec = {"id": pid, "type": body["type"], "subjects": body["subjects"], "roles": body["roles"],
-               "resources": body["resources"], "description": body.get("description"), "state": "active",
-               "href": f"/v1/policies/{pid}", "created_at": iso(time.time()), "account_id": resource["accountId"]}
+               "resources": body["resources"], "description": body.get("description") or "", "state": "active",
+               "href": f"{request.host_url}v1/policies/{pid}", "created_at": now, "created_by_id": who,
+               "last_modified_at": now, "last_modified_by_id": who}
         S.policies[pid] = rec
+        S.policy_accounts[pid] = resource["accountId"]
         return jsonify(rec), 201
 
     @app.get("/v1/policies")
     def pol_list() -> Any:
         need(request.args, "account_id")
-        rows = [p for p in S.policies.values() if p["account_id"] == request.args["account_id"]
+        rows = [p for p in S.policies.values() if S.policy_accounts.get(p["id"]) == request.args["account_id"]
                 and (not request.args.get("type") or p["type"] == request.args["type"])]
-        return jsonify({"policies": rows})
+        limit = _size("limit", 50)
+        offset = _offset("start")
+        out: dict[str, Any] = {"limit": limit, "first": {"href": _link(limit=limit, start=None)},
+                               "policies": rows[offset:offset + limit]}
+        if offset > 0:
+            prev = _token(max(0, offset - limit))
+            out["previous"] = {"href": _link(start=prev), "start": prev}
+        if offset + limit < len(rows):
+            nxt = _token(offset + limit)
+            out["next"] = {"href": _link(start=nxt), "start": nxt}
+        return jsonify(out)
 
     @app.delete("/v1/policies/<pid>")
     def pol_delete(pid: str) -> Any:
         if S.policies.pop(pid, None) is None:
             raise FakeError(404, "policy_not_found", f"policy {pid} not found")
+        S.policy_accounts.pop(pid, None)
         return "", 204
+
+
+# paging -------------------------------------------------------------------------------------------
+def _token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode().rstrip("=")
+
+
+def _offset(arg: str) -> int:
+    token = request.args.get(arg)
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        return max(0, int(text.removeprefix("offset:")))
+    except (ValueError, UnicodeDecodeError):
+        raise FakeError(400, "invalid_token", f"{arg}: not a page token of this collection") from None
+
+
+def _size(arg: str, default: int) -> int:
+    raw = request.args.get(arg)
+    try:
+        size = default if raw in (None, "") else int(raw)
+    except ValueError:
+        raise FakeError(400, "invalid_parameter", f"{arg} must be an integer") from None
+    if not 1 <= size <= 100:
+        raise FakeError(400, "invalid_parameter", f"{arg} must be between 1 and 100")
+    return size
+
+
+def _link(**changes: Any) -> str:
+    """This request's URL with some query arguments changed (``None``: removed)."""
+    args = {k: v for k, v in request.args.items()}
+    for k, v in changes.items():
+        if v is None:
+            args.pop(k, None)
+        else:
+            args[k] = str(v)
+    return request.base_url + ("?" + urlencode(args) if args else "")
+
+
+def _identity_page(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    size = _size("pagesize", 20)
+    offset = _offset("pagetoken")
+    out: dict[str, Any] = {"offset": offset, "limit": size, "first": _link(pagetoken=None)}
+    if offset > 0:
+        out["previous"] = _link(pagetoken=_token(max(0, offset - size)))
+    if offset + size < len(rows):
+        out["next"] = _link(pagetoken=_token(offset + size))
+    out[key] = rows[offset:offset + size]
+    return out
+
+
+def _api_key(rec: dict[str, Any], with_value: bool = False) -> dict[str, Any]:
+    """An API key as IAM answers: its value only at creation (and later only if it was stored)."""
+    out = {k: v for k, v in rec.items() if k != "store_value"}
+    if not (with_value or rec.get("store_value")):
+        out["apikey"] = ""
+    return out

@@ -4,7 +4,8 @@ resources through their documented states.
 Progressions are scheduled events: an action schedules the next state ``n`` steps of ``step_seconds`` ahead,
 and every request first applies the events that are due (``tick``). So a volume group is ``creating`` for
 a step, its relationship ``inconsistent_copying`` for two, then ``consistent_copying``; an onboarding
-task is ``InProgress`` for two steps, a clone task ``running``, a DR Automation deployment walks five steps.
+task is ``InProgress`` for two steps, a clone task ``running``, a DR Automation deployment walks
+``DRA_DEPLOY_STEPS`` (35: IBM's deployment takes about 35 minutes), a standby re-deployment ``DRA_REDEPLOY_STEPS``.
 ``fail_next`` makes the next job of a kind end in failure.
 """
 
@@ -32,6 +33,8 @@ DEMO_KMS_INSTANCE_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "drbroker-fake:kms"))
 DRA_SERVICE_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "drbroker-fake:power-dr-automation"))
 DRA_PLAN_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "drbroker-fake:power-virtual-server-dr-automation"))
 CYCLE_PERIOD_SECONDS = 300
+DRA_DEPLOY_STEPS = 35     # IBM: deploying the orchestrator takes about 35 minutes
+DRA_REDEPLOY_STEPS = 20   # adding or removing the standby orchestrator
 
 
 class FakeError(Exception):
@@ -83,6 +86,9 @@ class Fault:
 class FakeState:
     step_seconds: float = 1.0
     token_ttl: int = 3600
+    # Key Protect's dual-authorisation period: a key set for deletion may be deleted by another identity for
+    # seven days (shorter only for tests, through ``/_fake/config``)
+    kms_dual_auth_seconds: float = 7 * 24 * 3600.0
     lock: threading.RLock = field(default_factory=threading.RLock)
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
@@ -101,6 +107,9 @@ class FakeState:
         self.vms: dict[str, dict[str, dict[str, Any]]] = {}
         self.groups: dict[str, dict[str, dict[str, Any]]] = {}
         self.relations: dict[str, dict[str, Any]] = {}
+        # (zone, partner zone) pairs whose replication site PowerVS reports as not active (``isActive`` false,
+        # which IBM's Go encoder omits)
+        self.inactive_sites: set[tuple[str, str]] = set()
         self.onboardings: dict[str, dict[str, dict[str, Any]]] = {}
         self.clone_tasks: dict[str, dict[str, dict[str, Any]]] = {}
         self.jobs: dict[str, dict[str, dict[str, Any]]] = {}
@@ -110,6 +119,7 @@ class FakeState:
         self.service_ids: dict[str, dict[str, Any]] = {}
         self.api_keys: dict[str, dict[str, Any]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
+        self.policy_accounts: dict[str, str] = {}  # policy id -> its account (IAM's Policy model has no account)
         self.resource_instances: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
         self.usage: dict[tuple[str, str, int, int], dict[str, Any]] = {}
@@ -165,6 +175,7 @@ class FakeState:
                 "auxVolumeName": None, "auxiliary": False, "masterVolumeName": None, "primaryRole": None,
                 "replicationType": None, "replicationSites": [], "pvmInstanceIDs": [],
                 "creationDate": iso(now), "lastUpdateDate": iso(now),
+                "wwn": "6005076810" + uuid.uuid5(uuid.NAMESPACE_URL, f"{guid}/{vid}").hex[:22].upper(),
                 "crn": f"{self.workspaces[guid]['crn'].rstrip(':')}:volume:{vid}"}
 
     def snapshot(self) -> dict[str, Any]:
@@ -250,7 +261,10 @@ class FakeState:
             self.schedule(1, apply)
 
     def delete_volume(self, guid: str, vid: str) -> None:
+        """DELETE .../volumes/{id}: 404 for an unknown volume, 410 (gone) for one already being deleted."""
         vol = self.volume(guid, vid)
+        if vol["state"] == "deleting":
+            raise FakeError(410, "gone", f"volume {vid} is already being deleted")
         if vol["groupID"]:
             raise FakeError(400, "bad request", f"volume {vid} is part of volume group {vol['groupID']}")
         vol["state"] = "deleting"
@@ -272,7 +286,9 @@ class FakeState:
             raise FakeError(400, "bad request", "all volumes of a volume group must be in one storage pool")
         return pools.pop()
 
-    def create_group(self, guid: str, body: dict[str, Any]) -> dict[str, Any]:
+    def create_group(self, guid: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create a volume group; returns it and whether the create was partial (IBM answers 206 with a
+        ``statusDetail``: the group exists, but some of the volumes asked for are not in it)."""
         name, vids = body.get("name"), body.get("volumeIDs")
         if not name and not body.get("consistencyGroupName"):
             raise FakeError(400, "bad request", "name or consistencyGroupName is required")
@@ -281,21 +297,30 @@ class FakeState:
             raise FakeError(409, "conflict", f"a volume group named {name} already exists")
         gid = _uuid()
         cg = body.get("consistencyGroupName") or f"rccg-{secrets.token_hex(2)}-{secrets.token_hex(2)}"
+        members = list(vids)  # type: ignore[arg-type]
+        partial = len(members) > 1 and self.take_failure("volume_group_partial")
+        if partial:
+            left_out = members[1:]
+            members = members[:1]
         group = {"id": gid, "name": name or cg, "status": "creating", "consistencyGroupName": cg,
-                 "replicationStatus": "enabled", "auxiliary": False, "storagePool": pool, "volumeIDs": list(vids),
+                 "replicationStatus": "enabled", "auxiliary": False, "storagePool": pool, "volumeIDs": members,
                  "replicationSites": partner_zones(self.workspaces[guid]["zone"]), "statusDescription": {"errors": []}}
+        if partial:
+            group["statusDetail"] = f"volumes {', '.join(left_out)} could not be added to the volume group"
+            group["statusDescription"] = {"errors": [{"key": "VOLUME_GROUP_ADD_VOLUMES_FAILED", "message":
+                                                      "injected failure: volumes not added", "volIDs": left_out}]}
         self.groups[guid][gid] = group
         self.relations[cg] = {"state": "inconsistent_copying", "primaryRole": "master", "since": None, "freeze": None,
                               "cycle": CYCLE_PERIOD_SECONDS, "master": guid, "progress": 0}
-        for vid in vids:  # type: ignore[union-attr]
+        for vid in members:
             self.volumes[guid][vid].update(groupID=gid, consistencyGroupName=cg)
         if self.take_failure("volume_group"):
             self.schedule(1, lambda: group.update(status="error", statusDescription={"errors": [
                 {"key": "VOLUME_GROUP_CREATE_FAILED", "message": "injected failure: storage error"}]}))
-            return group
+            return group, partial
         self.schedule(1, lambda: group.update(status="available"))
         self._copy(cg, "master", steps=2)
-        return group
+        return group, partial
 
     def _copy(self, cg: str, role: str, steps: float = 2) -> None:
         rel = self.relations[cg]
@@ -314,8 +339,19 @@ class FakeState:
             return rel["since"] + ((now - rel["since"]) // rel["cycle"]) * rel["cycle"]
         return rel.get("freeze")
 
+    @staticmethod
+    def _settled(group: dict[str, Any], what: str) -> None:
+        # PowerVS runs one change of a volume group at a time: another while it is creating, updating or
+        # deleting is refused.
+        if group["status"] not in ("available", "error"):
+            raise FakeError(409 if what == "update" else 400, "bad request",
+                            f"volume group {group['id']} is {group['status']}; cannot {what} it now")
+
     def update_group(self, guid: str, gid: str, body: dict[str, Any]) -> None:
+        """``PUT``: asynchronous. The group is ``updating`` and its membership changes when the update
+        finishes (a step later); only then is a removed volume out of the group."""
         group = self.group(guid, gid)
+        self._settled(group, "update")
         add, remove = body.get("addVolumes") or [], body.get("removeVolumes") or []
         if not add and not remove:
             raise FakeError(400, "bad request", "addVolumes or removeVolumes is required")
@@ -323,53 +359,80 @@ class FakeState:
             pool = self._check_groupable(guid, add, gid)
             if pool != group["storagePool"]:
                 raise FakeError(400, "bad request", "all volumes of a volume group must be in one storage pool")
+        for vid in remove:
+            if vid not in group["volumeIDs"]:
+                raise FakeError(400, "bad request", f"volume {vid} is not in volume group {gid}")
+        group["status"] = "updating"
+
+        def finish() -> None:
             for vid in add:
                 self.volumes[guid][vid].update(groupID=gid, consistencyGroupName=group["consistencyGroupName"])
                 if vid not in group["volumeIDs"]:
                     group["volumeIDs"].append(vid)
-        for vid in remove:
-            if vid not in group["volumeIDs"]:
-                raise FakeError(400, "bad request", f"volume {vid} is not in volume group {gid}")
-            group["volumeIDs"].remove(vid)
-            vol = self.volumes[guid].get(vid)
-            if vol is not None:
-                vol.update(groupID=None, consistencyGroupName=None)
-        group["status"] = "updating"
-        self.schedule(1, lambda: group.update(status="available"))
+            for vid in remove:
+                if vid in group["volumeIDs"]:
+                    group["volumeIDs"].remove(vid)
+                vol = self.volumes[guid].get(vid)
+                if vol is not None:
+                    vol.update(groupID=None, consistencyGroupName=None)
+            group["status"] = "available"
+        self.schedule(1, finish)
 
     def delete_group(self, guid: str, gid: str) -> None:
+        """``DELETE``: asynchronous (``deleting``, gone a step later); only an empty, settled group."""
         group = self.group(guid, gid)
+        self._settled(group, "delete")
         if group["volumeIDs"]:
             raise FakeError(400, "bad request", f"volume group {gid} still has {len(group['volumeIDs'])} volumes")
         group["status"] = "deleting"
         self.schedule(1, lambda: group.update(deleted=True))
 
+    def disconnect(self, cg: str) -> None:
+        """A site is lost: the consistency group's link is broken (``inconsistent_disconnected``)."""
+        rel = self.relations[cg]
+        rel.update(state="inconsistent_disconnected", disconnected=True, token=None, since=None,
+                   freeze=self.freeze_time(rel) or rel.get("freeze"))
+
     def group_action(self, guid: str, gid: str, body: dict[str, Any]) -> None:
+        """Start, stop or reset a volume group's replication. The group acted on shows its new
+        ``replicationStatus`` at once; its partner in the other workspace follows a step later (IBM: "after
+        sometime, the associated volume group ... is updated"). Starting with ``source: aux`` (failback's
+        resync from the auxiliary volumes) is an action on the auxiliary volume group, at the secondary; on
+        the primary's group PowerVS refuses it."""
         group = self.group(guid, gid)
         keys = [k for k in ("start", "stop", "reset") if k in body]
         if len(keys) != 1:
             raise FakeError(400, "bad request", "exactly one of start, stop, reset is required")
         rel = self.relations[group["consistencyGroupName"]]
         peers = [g for ws in self.groups.values() for g in ws.values()
-                 if g["consistencyGroupName"] == group["consistencyGroupName"] and not g.get("deleted")]
+                 if g["consistencyGroupName"] == group["consistencyGroupName"] and not g.get("deleted")
+                 and g is not group]
+
+        def follow(status: str) -> None:
+            group["replicationStatus"] = status
+            for g in peers:
+                self.schedule(1, lambda g=g: g.update(replicationStatus=status))
         if keys[0] == "stop":
             access = (body["stop"] or {}).get("access")
             if not isinstance(access, bool):
                 raise FakeError(400, "bad request", "stop.access must be a boolean")
             if group["replicationStatus"] != "enabled":
                 raise FakeError(400, "bad request", f"volume group {gid} replication is not enabled; cannot stop")
+            idle = "idling_disconnected" if rel.get("disconnected") else "idling"
             rel.update(freeze=self.freeze_time(rel) or time.time(), since=None, token=None,
-                       state="idling" if access else "consistent_stopped")
-            for g in peers:
-                g["replicationStatus"] = "disabled"
+                       state=idle if access else "consistent_stopped")
+            follow("disabled")
         elif keys[0] == "start":
             source = (body["start"] or {}).get("source")
             if source not in ("master", "aux"):
                 raise FakeError(400, "bad request", "start.source must be master or aux")
+            if source == "aux" and not group["auxiliary"]:
+                raise FakeError(400, "bad request", f"volume group {gid} holds the primary volumes: start it with "
+                                                    "source aux from its auxiliary volume group")
             if group["replicationStatus"] == "enabled":
                 raise FakeError(400, "bad request", f"volume group {gid} replication is already enabled")
-            for g in peers:
-                g["replicationStatus"] = "enabled"
+            follow("enabled")
+            rel.pop("disconnected", None)
             self._copy(group["consistencyGroupName"], source, steps=2)
         else:
             if group["status"] != "error":
@@ -378,9 +441,9 @@ class FakeState:
 
     # PowerVS: onboarding and clones ---------------------------------------------------------------
     def onboard(self, guid: str, body: dict[str, Any]) -> dict[str, Any]:
-        entries = body.get("volumes")
+        entries = body.get("Volumes")  # VolumeOnboardingCreate spells it with a capital V
         if not isinstance(entries, list) or not entries:
-            raise FakeError(400, "bad request", "volumes is required")
+            raise FakeError(400, "bad request", "Volumes is required")
         plan: list[tuple[str, dict[str, Any], str]] = []
         here = self.workspaces[guid]
         for entry in entries:
@@ -422,7 +485,8 @@ class FakeState:
                     aux_group = next((g for g in self.groups[guid].values()
                                       if g["consistencyGroupName"] == cg and not g.get("deleted")), None)
                     if aux_group is None:
-                        aux_group = {"id": _uuid(), "name": f"aux-{cg}", "status": "available",
+                        # IBM: at the secondary the volume group's name is its consistencyGroupName
+                        aux_group = {"id": _uuid(), "name": cg, "status": "available",
                                      "consistencyGroupName": cg, "auxiliary": True, "volumeIDs": [],
                                      "replicationStatus": self.groups[src_guid][master["groupID"]]["replicationStatus"],
                                      "storagePool": master["volumePool"], "replicationSites": [],
@@ -439,26 +503,46 @@ class FakeState:
         return task
 
     def clone(self, guid: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /pcloud/v2/.../volumes/clone, as VolumesCloneAsyncRequest documents it: the clones are named
+        ``clone-<name>-<5 random digits>`` (one volume) or ``clone-<name[:20]>-<digits>-<n>`` (several: the name
+        is cut to 20 characters); a clone is replicated like its source unless ``targetReplicationEnabled`` is
+        false. The clone volumes exist (``creating``) from the start of the task, so a client that lost the
+        answer finds them in the volume list; a failed task leaves them in ``error``."""
         name, vids = body.get("name"), body.get("volumeIDs")
         if not name or not isinstance(vids, list) or not vids:
             raise FakeError(400, "bad request", "name and volumeIDs are required")
+        target_replication = body.get("targetReplicationEnabled")
         sources = [self.volume(guid, v) for v in vids]
+        base = name[:20] if len(sources) > 1 else name
+        digits = f"{secrets.randbelow(100000):05d}"
+        zone = self.workspaces[guid]["zone"]
         tid = _uuid()
-        task = {"status": "running", "percentComplete": 0, "clonedVolumes": []}
+        cloned: list[dict[str, Any]] = []
+        for i, src in enumerate(sources, 1):
+            vid = _uuid()
+            vol = self._new_volume(guid, vid, f"clone-{base}-{digits}" + (f"-{i}" if len(sources) > 1 else ""),
+                                   src["volumePool"], src["size"])
+            replicated = src["replicationEnabled"] if target_replication is None else bool(target_replication)
+            vol["state"] = "creating"
+            if replicated:
+                vol.update(replicationEnabled=True, replicationStatus="enabled", replicationType="global",
+                           primaryRole="master", replicationSites=partner_zones(zone))
+            self.volumes[guid][vid] = vol
+            cloned.append({"sourceVolumeID": src["volumeID"], "clonedVolumeID": vid})
+        task: dict[str, Any] = {"status": "running", "percentComplete": 0, "clonedVolumes": []}
         self.clone_tasks[guid][tid] = task
         failing = self.take_failure("clone")
 
         def finish() -> None:
+            for c in cloned:
+                vol = self.volumes[guid].get(c["clonedVolumeID"])
+                if vol is not None and vol["state"] == "creating":
+                    vol.update(state="error" if failing else "available", lastUpdateDate=iso(time.time()))
             if failing:
                 task.update(status="failed", percentComplete=100, failedReason="injected failure: flash copy failed")
                 return
-            cloned = []
-            for i, src in enumerate(sources, 1):
-                vid = _uuid()
-                self.volumes[guid][vid] = self._new_volume(guid, vid, f"clone-{name}-{i}", src["volumePool"],
-                                                           src["size"])
-                cloned.append({"sourceVolumeID": src["volumeID"], "clonedVolumeID": vid})
             task.update(status="completed", percentComplete=100, clonedVolumes=cloned)
+        self.schedule(1, lambda: task.update(percentComplete=50) if task["status"] == "running" else None)
         self.schedule(2, finish)
         return {"cloneTaskID": tid, "href": f"/pcloud/v2/cloud-instances/{guid}/volumes/clone-tasks/{tid}"}
 
@@ -486,7 +570,8 @@ class FakeState:
             raise FakeError(404, "INSTANCE_NOT_FOUND_ERR", f"Not Found: instance {instance} does not exist")
         return kp
 
-    def create_key(self, kp_id: str, ring: str, res: dict[str, Any]) -> dict[str, Any]:
+    def create_key(self, kp_id: str, ring: str, res: dict[str, Any],
+                   created_by: str = "IBMid-fake") -> dict[str, Any]:
         kp = self.kms[kp_id]
         if ring != "default" and ring not in kp["rings"]:
             raise FakeError(404, "KEY_RING_NOT_FOUND_ERR", f"Not Found: key ring {ring} does not exist")
@@ -504,8 +589,11 @@ class FakeState:
                "state": 1, "extractable": bool(res.get("extractable", True)), "keyRingID": ring, "deleted": False,
                "crn": f"crn:v1:bluemix:public:kms:us-south:a/{DEMO_ACCOUNT}:{kp_id}:key:{kid}",
                "creationDate": iso(now), "lastUpdateDate": iso(now),
-               "dualAuthDelete": {"enabled": bool((res.get("dualAuthDelete") or {}).get("enabled")),
-                                  "keySetForDeletion": False},
+               "createdBy": created_by,
+               # the policy; who set the key for deletion and until when is ``deletion_auth`` (kms.key_view
+               # shows it as dualAuthDelete.keySetForDeletion / authExpiration while it lasts)
+               "dualAuthDelete": {"enabled": bool((res.get("dualAuthDelete") or {}).get("enabled"))},
+               "deletion_auth": None,
                "rotation": {"enabled": bool(rotation.get("enabled", months is not None)), "interval_month": months},
                "versions": [], "algorithmType": "AES", "algorithmBitSize": 256}
         self._new_version(key)
@@ -550,7 +638,7 @@ class FakeState:
         nonce = os.urandom(12)
         sealed = AESGCM(base64.b64decode(version["material"])).encrypt(nonce, dek, aad)
         out = {"ciphertext": base64.b64encode(uuid.UUID(version["id"]).bytes + nonce + sealed).decode(),
-               "keyVersion": {"id": version["id"], "creationDate": version["creationDate"]}}
+               "keyVersion": {"id": version["id"]}}
         if generated:
             out["plaintext"] = base64.b64encode(dek).decode()
         return out
@@ -567,7 +655,7 @@ class FakeState:
                             "Unprocessable Entity: the ciphertext or additional authentication data is invalid") \
                 from None
         return {"plaintext": base64.b64encode(dek).decode(),
-                "keyVersion": {"id": version["id"], "creationDate": version["creationDate"]}}
+                "keyVersion": {"id": version["id"]}}
 
     # IAM tokens -----------------------------------------------------------------------------------
     def issue_token(self, iam_id: str, account: str, sub: str) -> dict[str, Any]:
@@ -598,6 +686,8 @@ class FakeState:
 
     # DR Automation --------------------------------------------------------------------------------
     def deploy(self, guid: str, body: dict[str, Any], redeploy: bool) -> dict[str, Any]:
+        """Start (or, with ``redeploy``, change the standby of) the orchestrator deployment of DR Automation
+        instance ``guid``: ``DRA_DEPLOY_STEPS`` steps, each step's progress in ``primary_description``."""
         inst = self.resource_instances[guid]
         dep = self.deployments.get(guid)
         if dep is not None and not redeploy:
@@ -611,20 +701,29 @@ class FakeState:
         ha = bool(body.get("orchestrator_ha"))
         if ha and body.get("standby_orchestrator_workspace_id") not in self.workspaces:
             raise FakeError(400, "invalid_workspace", "standby_orchestrator_workspace_id is not a PowerVS workspace")
+        now = iso(time.time())
         if dep is None:
             dep = {"deployment_name": body["orchestrator_name"], "orchestrator_workspace": ws["guid"],
-                   "managed": {}, "backups": []}
+                   "managed": {}, "backups": [], "last_updated_orchestrator_deployment_time": now}
             self.deployments[guid] = dep
-        dep.update(status="in progress", primary_orchestrator_status="DEPLOYING", orchestrator_config_status=None,
-                   orchestrator_ha=ha, primary_error_description=None, primary_description="1/5: validating",
+        dep["request"] = {k: v for k, v in body.items() if k not in ("orchestrator_password", "api_key",
+                                                                     "client_secret", "managed_apikey")}
+        steps = DRA_REDEPLOY_STEPS if redeploy else DRA_DEPLOY_STEPS
+        dep.update(status="in progress", primary_orchestrator_status="DEPLOYING", orchestrator_config_status="",
+                   orchestrator_ha=ha, primary_error_description="", primary_description=f"1/{steps}: validating",
                    standby_workspace=body.get("standby_orchestrator_workspace_id") if ha else None)
+        if ha:
+            dep.update(standby_status="DEPLOYING", standby_description=f"1/{steps}: validating",
+                       orch_standby_node_addition_status="in progress")
         failing = self.take_failure("dra_deploy")
-        steps = ["2/5: creating the orchestrator VM", "3/5: installing KSYS", "4/5: configuring sites",
-                 "5/5: discovering workgroups"]
-        for i, text in enumerate(steps, 1):
-            self.schedule(i, lambda text=text: dep.update(primary_description=text))
+        phases = [(0.1, "creating the orchestrator VM"), (0.5, "installing KSYS"), (0.8, "configuring sites"),
+                  (0.95, "discovering workgroups")]
+        for i in range(2, steps + 1):
+            phase = next((text for share, text in reversed(phases) if i / steps >= share), "validating")
+            self.schedule(i - 1, lambda text=f"{i}/{steps}: {phase}": dep.update(primary_description=text))
 
         def finish() -> None:
+            at = iso(time.time())
             if failing:
                 dep.update(status="failed", primary_orchestrator_status="FAILED",
                            primary_error_description="injected failure: orchestrator VM did not boot")
@@ -632,12 +731,26 @@ class FakeState:
             self._discover(dep)
             dep.update(status="Active", primary_orchestrator_status="ACTIVE",
                        orchestrator_config_status="KSYS-DISCOVERY-SUCCESS", primary_ip_address="10.30.0.11",
-                       standby_ip_address="10.20.0.12" if dep["orchestrator_ha"] else None,
-                       standby_status="ACTIVE" if dep["orchestrator_ha"] else None,
-                       primary_description="5/5: the orchestrator is deployed")
-        self.schedule(len(steps) + 1, finish)
+                       primary_description=f"{steps}/{steps}: the orchestrator is deployed",
+                       last_updated_orchestrator_deployment_time=at)
+            if dep["orchestrator_ha"]:
+                dep.update(standby_ip_address="10.20.0.12", standby_status="ACTIVE",
+                           standby_description="the standby orchestrator is deployed",
+                           orch_standby_node_addition_status="success",
+                           last_updated_standby_orchestrator_deployment_time=at)
+            else:
+                dep.update(standby_ip_address="", standby_status="", standby_description="",
+                           orch_standby_node_addition_status="")
+        self.schedule(steps, finish)
         return {"dashboard_url": f"https://power-dra.cloud.ibm.com/power-dra-ui?instance_id={inst['crn']}",
-                "id": inst["crn"]}
+                "id": inst["crn"], "orchestrator_location_type": body["orchestrator_location_type"],
+                "location_id": body["location_id"], "orchestrator_name": body["orchestrator_name"],
+                "orchestrator_workspace_id": body["orchestrator_workspace_id"], "orchestrator_ha": ha,
+                "machine_type": body["machine_type"], "guid": guid,
+                **{k: body[k] for k in ("ssh_key_name", "standby_ssh_key_name", "secret", "secret_group", "tier",
+                                        "standby_orchestrator_name", "standby_orchestrator_workspace_id",
+                                        "standby_machine_type", "standby_tier", "region_id", "proxy_ip")
+                   if body.get(k) is not None}}
 
     def _discover(self, dep: dict[str, Any]) -> None:
         """KSYS discovery: the VMs of every workspace replicating into the orchestrator's become managed, each

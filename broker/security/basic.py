@@ -21,10 +21,11 @@ import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cachetools import TTLCache
 
 from broker.domain.errors import Unauthorized
 
@@ -176,10 +177,12 @@ def _decoy() -> tuple[str, PasswordHash]:
         return _DECOY[0]
 
 
-# Successful checks, process-wide: HMAC(process key, password hash + password) -> expiry.
-_VERIFIED: OrderedDict[bytes, float] = OrderedDict()
+# Successful checks, process-wide: HMAC(process key, password hash + password), each remembered for
+# _VERIFIED_SECONDS after its last success; at most _VERIFIED_SIZE, the least recently used go first.
+# TTLCache is not thread-safe by itself: every access holds _HASHED_LOCK.
 _VERIFIED_SIZE = 1024
 _VERIFIED_SECONDS = 300.0
+_VERIFIED: TTLCache[bytes, bool] = TTLCache(maxsize=_VERIFIED_SIZE, ttl=_VERIFIED_SECONDS, timer=time.monotonic)
 
 
 class BasicAuthenticator:
@@ -211,17 +214,12 @@ class BasicAuthenticator:
             if hmac.compare_digest(user_digest, digest) and name is None:
                 encoded, candidate, name = entry_encoded, entry_hash, username
         cache_key = hmac.new(_PROCESS_KEY, f"{encoded}\0{password}".encode(), hashlib.sha256).digest()
-        now = time.monotonic()
         with _HASHED_LOCK:
-            expiry = _VERIFIED.get(cache_key)
-        ok = expiry is not None and expiry > now
+            ok = _VERIFIED.get(cache_key, False)  # an expired entry is gone: TTLCache never answers it
         if not ok:
             ok = candidate.matches(password)
         if not ok or name is None:
             raise Unauthorized("invalid credentials")
         with _HASHED_LOCK:
-            _VERIFIED[cache_key] = now + _VERIFIED_SECONDS
-            _VERIFIED.move_to_end(cache_key)
-            while len(_VERIFIED) > _VERIFIED_SIZE:
-                _VERIFIED.popitem(last=False)
+            _VERIFIED[cache_key] = True  # (re)starts its time to live; evicts the least recently used if full
         return f"basic:{name}"

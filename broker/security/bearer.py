@@ -16,17 +16,14 @@ No bearer header: not this scheme (the caller answers 401). A bearer header that
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import jwt
-from jwt.algorithms import RSAAlgorithm
+from jwt import PyJWK, PyJWKClient, PyJWKSet
 
 from broker.domain.errors import Forbidden
 
@@ -39,8 +36,25 @@ class JwksError(Exception):
     """IAM's key set could not be fetched or read."""
 
 
+def _usable(jwk: PyJWK, kid: str) -> bool:
+    # Only IAM's RSA signing keys: a published key of another type or use never verifies a token.
+    return (jwk.key_id == kid and jwk.key_type == "RSA" and jwk.public_key_use in ("sig", None)
+            and jwk.algorithm_name == "RS256")
+
+
 class JwksCache:
-    """IAM's public keys by ``kid``, fetched over HTTPS (or HTTP on loopback in tests) and cached."""
+    """IAM's public keys by ``kid``: PyJWT's ``PyJWKClient`` fetches, parses and caches the key set (for
+    ``ttl`` seconds); this class adds what it lacks.
+
+    - Refetches are throttled to one per ``refetch_interval`` seconds, also after a failure (PyJWKClient's
+      own ``cooldown_duration``, in recent PyJWT only, counts from successful fetches, so an unreachable IAM
+      would be asked on every request); a made-up ``kid`` cannot make us hammer IAM.
+    - A token with a known ``kid`` never waits on a refetch: PyJWKClient holds one lock across the network
+      call of a forced refresh, so every lookup would queue behind a token naming an unknown ``kid``. Here a
+      known key is answered from the cached set without any lock, and, when the set is past its ``ttl``, from
+      the last good set while one request refreshes it.
+    - The last good set is kept when a refresh fails (older PyJWT also emptied its cache then).
+    """
 
     def __init__(self, url: str, *, ttl: float = 3600.0, refetch_interval: float = 10.0, timeout: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -49,53 +63,64 @@ class JwksCache:
         self.refetch_interval = refetch_interval
         self.timeout = timeout
         self.clock = clock
-        self._keys: dict[str, Any] = {}
-        self._fetched_at: float | None = None
+        self.client = PyJWKClient(url, cache_jwk_set=True, lifespan=ttl, timeout=timeout,
+                                  headers={"Accept": "application/json"})
+        self._last_good: PyJWKSet | None = None
         self._attempted_at: float | None = None
-        self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
         self.fetches = 0
 
-    def _fetch(self) -> None:
-        request = urllib.request.Request(self.url, headers={"Accept": "application/json"})  # noqa: S310
+    @staticmethod
+    def _match(jwk_set: PyJWKSet | None, kid: str) -> Any | None:
+        for jwk in jwk_set.keys if jwk_set is not None else ():
+            if _usable(jwk, kid):
+                return jwk.key
+        return None
+
+    def _fresh(self) -> PyJWKSet | None:
+        """The key set PyJWKClient caches, while it is younger than ``ttl`` (no network)."""
+        cached = self.client.jwk_set_cache.get() if self.client.jwk_set_cache is not None else None
+        return cached if isinstance(cached, PyJWKSet) else None  # PyJWT < 2.15 cached the raw JSON
+
+    def _refetch(self) -> None:
+        """Fetch the key set again unless one was attempted less than ``refetch_interval`` ago (caller holds
+        ``_fetch_lock``)."""
+        now = self.clock()
+        if self._attempted_at is not None and now - self._attempted_at < self.refetch_interval:
+            if self._last_good is None:
+                raise JwksError(f"IAM keys from {self.url} are unavailable (retrying shortly)")
+            return
+        self._attempted_at = now
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                doc = json.loads(response.read(1024 * 1024))
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise JwksError(f"cannot fetch IAM keys from {self.url}: {type(exc).__name__}") from None
-        keys = {}
-        for jwk in doc.get("keys", []) if isinstance(doc, dict) else []:
-            if not isinstance(jwk, dict) or jwk.get("kty") != "RSA" or not isinstance(jwk.get("kid"), str):
-                continue
-            if jwk.get("use", "sig") != "sig" or jwk.get("alg", "RS256") != "RS256":
-                continue
-            try:
-                keys[jwk["kid"]] = RSAAlgorithm.from_jwk(jwk)
-            except (jwt.InvalidKeyError, ValueError, KeyError, TypeError):
-                log.warning("IAM key set: skipping an unreadable key (kid %s)", jwk.get("kid"))
+            jwk_set = self.client.get_jwk_set(refresh=True)
+        except (jwt.PyJWTError, ValueError, OSError) as exc:
+            if self._last_good is None:
+                raise JwksError(f"cannot fetch IAM keys from {self.url}: {type(exc).__name__}") from None
+            log.warning("IAM key set: refresh from %s failed (%s); still using the keys fetched before",
+                        self.url, type(exc).__name__)
+            return
         self.fetches += 1
-        self._keys, self._fetched_at = keys, self.clock()
-        log.info("IAM key set fetched from %s: %d key(s)", self.url, len(keys))
+        self._last_good = jwk_set
+        log.info("IAM key set fetched from %s: %d key(s)", self.url, len(jwk_set.keys))
 
     def key(self, kid: str) -> Any | None:
-        with self._lock:
-            now = self.clock()
-            stale = self._fetched_at is None or now - self._fetched_at > self.ttl
-            # An unknown kid: IAM may have rotated its keys. Fetch again, but never more than once per
-            # refetch_interval (also after a failure), so tokens with made-up kids cannot make us hammer IAM.
-            unknown = kid not in self._keys
-            if (stale or unknown) and (self._attempted_at is None
-                                       or now - self._attempted_at >= self.refetch_interval):
-                self._attempted_at = now
-                try:
-                    self._fetch()
-                except JwksError:
-                    if not self._keys:
-                        raise
-                    log.warning("IAM key set: refresh from %s failed; still using the keys fetched before",
-                                self.url)
-            elif not self._keys and self._fetched_at is None:
-                raise JwksError(f"IAM keys from {self.url} are unavailable (retrying shortly)")
-            return self._keys.get(kid)
+        key = self._match(self._fresh(), kid)
+        if key is not None:
+            return key  # the common case: a known kid, a fresh set, no lock
+        known = self._match(self._last_good, kid)
+        # A known kid in a set past its ttl: refresh it if no one else is, but never wait for that.
+        if not self._fetch_lock.acquire(blocking=known is None):
+            return known
+        try:
+            # An unknown kid (IAM may have rotated its keys), a stale set, or the first request. Another
+            # request may have fetched while this one waited for the lock.
+            key = self._match(self._fresh(), kid)
+            if key is not None:
+                return key
+            self._refetch()
+            return self._match(self._last_good, kid)
+        finally:
+            self._fetch_lock.release()
 
 
 class BearerCrnAuthenticator:

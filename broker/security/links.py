@@ -3,18 +3,23 @@
 The secret is ``DRBROKER_DASHBOARD_SECRET`` (share it between replicas) or a key generated once beside the
 database (mode 0600). A link opens one instance's dashboard until it expires; anything else needs the
 broker's own authentication.
+
+The signature is itsdangerous' ``Signer`` (HMAC-SHA256, URL-safe base64 without padding, constant-time
+comparison, and a malformed signature is simply "bad", never an exception). ``TimestampSigner``'s
+``max_age`` is not used: it is fixed by the verifier, while each link carries the lifetime its issuer chose
+(``drbroker dashboard link --ttl``), so the expiry itself is signed and compared here.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import os
 import secrets
 import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
+
+from itsdangerous import Signer
 
 KEY_FILE = "dashboard.key"
 
@@ -36,9 +41,18 @@ def load_or_create_secret(state_dir: Path, configured: str | None = None) -> byt
     return value
 
 
+def _signer(secret: bytes) -> Signer:
+    # key_derivation "none": the HMAC key is the secret itself, so links signed before itsdangerous signed
+    # them (the same HMAC-SHA256 over the same message) still open until they expire.
+    return Signer(secret, digest_method=hashlib.sha256, key_derivation="none")
+
+
+def _message(instance_id: str, exp: int) -> bytes:
+    return f"{instance_id}\n{exp}".encode("utf-8", "surrogatepass")
+
+
 def _sig(secret: bytes, instance_id: str, exp: int) -> str:
-    mac = hmac.new(secret, f"{instance_id}\n{exp}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+    return _signer(secret).get_signature(_message(instance_id, exp)).decode("ascii")
 
 
 def signed_query(secret: bytes, instance_id: str, ttl_seconds: int, now: float | None = None) -> str:
@@ -52,8 +66,10 @@ def signed_url(base_url: str, secret: bytes, instance_id: str, ttl_seconds: int)
 
 
 def verify(secret: bytes, instance_id: str, exp: str | None, sig: str | None, now: float | None = None) -> bool:
-    if not exp or not sig or not exp.isdigit():
+    """True for a link signed for this instance that has not expired; False for anything else, malformed
+    values included (``exp=²`` is a digit to ``str.isdigit`` but not to ``int``; ``sig=é`` is not base64)."""
+    if not exp or not sig or not (exp.isascii() and exp.isdigit()) or len(exp) > 20:
         return False
     if int(exp) < (now if now is not None else time.time()):
         return False
-    return hmac.compare_digest(_sig(secret, instance_id, int(exp)), sig)
+    return _signer(secret).verify_signature(_message(instance_id, int(exp)), sig.encode("utf-8", "replace"))

@@ -37,7 +37,7 @@ def check_sites(params: Mapping[str, Any]) -> tuple[str, str] | None:
         partners = ", ".join(partner_zones(primary.zone)) or "none"
         raise InvalidParameters(
             "parameters.primary_workspace_crn, parameters.secondary_workspace_crn: sites "
-            f"{primary.zone} and {secondary.zone} do not form a Global Replication Service pair "
+            f"{primary.site} and {secondary.site} do not form a Global Replication Service pair "
             f"({primary.zone} replicates to: {partners})")
     return primary.account, primary.zone
 

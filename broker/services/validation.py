@@ -60,6 +60,10 @@ def _message(err: ValidationError) -> str:
     # Messages of oneOf/anyOf/type/enum on an object repeat the whole object, secrets included.
     if isinstance(err.instance, dict | list) and err.validator not in _SAFE_FOR_CONTAINERS:
         if err.validator in ("oneOf", "anyOf"):
+            forms = err.validator_value if isinstance(err.validator_value, list) else []
+            if forms and all(isinstance(f, dict) and set(f) == {"required"} for f in forms):
+                # alternatives of required fields: name them ("needs ssh_key_name, or secret and secret_group")
+                return "needs " + ", or ".join(" and ".join(f["required"]) for f in forms)
             return "must match exactly one of the allowed forms" if err.validator == "oneOf" \
                 else "must match at least one of the allowed forms"
         if err.validator == "type":
@@ -109,7 +113,10 @@ def validate_parameters(parameters: Mapping[str, Any], schema: Mapping[str, Any]
         for err in errors[:5]:
             where = _path(err, "parameters")
             if _is_sensitive(err):
-                parts.append(f"{where}: invalid value (not shown: the field is sensitive)")
+                # the rule the value breaks, in the schema's words, never the value
+                rule = err.schema.get("description") if err.validator == "pattern" else None
+                parts.append(f"{where}: invalid value (not shown: the field is sensitive)"
+                             + (f"; must be {rule[0].lower()}{rule[1:]}" if rule else ""))
             else:
                 parts.append(f"{where}: {_message(err)}")
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""

@@ -7,6 +7,16 @@ over (our lease expired), an operator abandoned it, and this run stops without t
 An operation must finish within its plan's ``maximum_polling_duration`` (counted from when it was accepted,
 or queued again by an operator): the engine checks that deadline before each step and while it retries a
 transient error, and ends an operation that ran out of time as a failure (with its compensations).
+
+A step that waits for a person rather than a backend raises ``AwaitingApproval`` (the one such step today:
+deleting a Key Protect root key with a dual-authorisation policy, which a second identity must delete).
+The engine then *parks* the operation: it stays in progress, its description (what last_operation shows)
+is the step's message, its lease goes to no worker (``PARKED``) until ``retry_after`` seconds from now, when
+any worker claims it and runs that step again. A parked wait is neither a failed attempt nor bound by
+``maximum_polling_duration``: each time the step parks, the deadline starts again from then
+(``payload.waited_at``), so the wait may last days, and the steps after it still get the plan's full
+duration once the person has acted. (A platform polling last_operation may give up after its own
+``maximum_polling_duration``; the operation still finishes, and a repeated request finds it.)
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.domain.catalog import Catalog, Plan
-from broker.domain.errors import BackendError, PermanentBackendError, TransientBackendError
+from broker.domain.errors import AwaitingApproval, BackendError, PermanentBackendError, TransientBackendError
 from broker.domain.models import (
     Binding,
     BindingState,
@@ -53,6 +63,10 @@ class _Done:
     credentials: Any = None
 
 
+# The lease owner of a parked operation (see the module docstring): no worker; claimable once lease_until passes.
+PARKED = "parked:awaiting-approval"
+
+
 class LeaseLost(Exception):
     """Another worker owns the operation now (or it was abandoned)."""
 
@@ -68,12 +82,14 @@ def polling_limit(catalog: Catalog, op: Operation) -> int | None:
 
 
 def deadline(catalog: Catalog, op: Operation) -> float | None:
-    """When ``op`` must have finished: ``maximum_polling_duration`` after it was accepted, or after an
-    operator queued it again (``payload.retried_at``); None when its plan sets no limit."""
+    """When ``op`` must have finished: ``maximum_polling_duration`` after it was accepted, after an operator
+    queued it again (``payload.retried_at``), or after a step last parked it waiting for a person
+    (``payload.waited_at``), whichever is latest; None when its plan sets no limit."""
     limit = polling_limit(catalog, op)
     if limit is None:
         return None
-    return float(op.payload.get("retried_at") or op.created_at) + limit
+    start = float(op.payload.get("retried_at") or op.created_at)
+    return max(start, float(op.payload.get("waited_at") or 0.0)) + limit
 
 
 def timeout_reason(catalog: Catalog, op: Operation, where: str) -> str:
@@ -128,6 +144,8 @@ class Engine:
             return 1.0
         if op.state != OperationState.IN_PROGRESS or op.step_index >= len(steps):
             return 1.0
+        if op.lease_owner == PARKED and op.lease_until:
+            return max(1.0, op.lease_until - self.clock())
         expected = self.orchestrator.expected_seconds(steps[op.step_index].action)
         elapsed = self.clock() - (op.step_started_at or self.clock())
         return max(1.0, expected - elapsed)
@@ -214,6 +232,10 @@ class Engine:
                         op_id, idx, step, len(steps), n, exc, owner),
                     deadline=due, clock=self.clock,
                 )
+            except AwaitingApproval as exc:
+                self._observe(step.action, began, ok=False)
+                self._park(op, owner, idx, step, len(steps), exc)
+                return
             except RetryDeadline as exc:
                 self._observe(step.action, began, ok=False)
                 self._fail(op, inst, binding, steps, outputs, owner,
@@ -301,6 +323,24 @@ class Engine:
             if rec is not None:
                 tx.upsert_step(StepRecord(**{**rec.__dict__, "attempts": rec.attempts + 1,
                                              "error": str(exc)[:2000]}))
+
+    def _park(self, op: Operation, owner: str, idx: int, step: Step, total: int, exc: AwaitingApproval) -> None:
+        """Leave the operation in progress, waiting for a person: its description says who must do what, no
+        worker holds it until ``retry_after`` from now, and its deadline starts again (module docstring)."""
+        now = self.clock()
+        wait = float(exc.retry_after) if exc.retry_after is not None else 60.0
+        with self.store.write() as tx:
+            if not tx.update_operation(op.id, expect=self._guard(owner),
+                                       description=f"step {idx + 1}/{total}: {step.title}: waiting: "
+                                                   f"{exc.description}"[:10000],
+                                       payload={**op.payload, "waited_at": now}, lease_owner=PARKED,
+                                       lease_until=now + wait, heartbeat_at=now):
+                raise LeaseLost(op.id)
+            rec = {r.idx: r for r in tx.steps(op.id)}.get(idx)
+            if rec is not None:
+                tx.upsert_step(StepRecord(**{**rec.__dict__, "error": f"waiting: {exc.description}"[:2000]}))
+        log.info("operation %s step %s: waiting for a person; tried again in %.0f s: %s", op.id, step.action,
+                 wait, exc.description)
 
     def _release(self, op: Operation, owner: str, done: _Done | None = None) -> None:
         """Stop at a step boundary and let any worker (this one after a restart, or another) resume."""

@@ -49,6 +49,8 @@ class PeriodicJob:
             self._thread = None
 
     def _loop(self) -> None:
+        # A scheduler, not a retry loop (so not tenacity): it never gives up, a failed run is not retried but
+        # followed by the next one on schedule, and ``stop`` must wake it at once (the Event's wait).
         while not self._stop.is_set():
             try:
                 self.run_once()

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from broker.domain.errors import TransientBackendError
+from broker.domain.errors import AwaitingApproval, TransientBackendError
 
 T = TypeVar("T")
 
@@ -48,7 +48,8 @@ class RetryPolicy:
     def call(self, fn: Callable[[], T], on_retry: Callable[[int, BaseException], None] | None = None, *,
              deadline: float | None = None, clock: Callable[[], float] = time.time) -> T:
         """Run ``fn``, retrying ``TransientBackendError``. Gives up after ``attempts`` tries (re-raising the
-        last error), or raises ``RetryDeadline`` when the next try would start after ``deadline``."""
+        last error), or raises ``RetryDeadline`` when the next try would start after ``deadline``.
+        ``AwaitingApproval`` (a step waiting for a person) is raised at once: its wait is the engine's."""
         past_deadline = False
 
         def stop(state: RetryCallState) -> bool:
@@ -65,7 +66,8 @@ class RetryPolicy:
                 on_retry(state.attempt_number, state.outcome.exception())
 
         retrying = Retrying(
-            retry=retry_if_exception_type(TransientBackendError),
+            retry=retry_if_exception(lambda e: isinstance(e, TransientBackendError)
+                                     and not isinstance(e, AwaitingApproval)),
             stop=stop,
             wait=self.wait,
             reraise=True,

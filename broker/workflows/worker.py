@@ -21,9 +21,11 @@ import time
 import uuid
 from collections.abc import Callable
 
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
 from broker.domain.models import Operation, OperationState
 from broker.store.repository import Store, Tx
-from broker.workflows.engine import Engine, record_failure, timeout_reason
+from broker.workflows.engine import PARKED, Engine, record_failure, timeout_reason
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ def new_owner_id() -> str:
 def _owner_is_dead_local_process(owner: str | None) -> bool:
     if not owner:
         return True
+    if owner == PARKED:
+        return False  # waiting for a person until its lease_until (engine._park), not a dead worker
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != HOST or not pid_text.isdigit():
@@ -181,20 +185,21 @@ class Worker:
                 self._held.discard(op_id)
 
     def run_now(self, op_id: str, timeout: float) -> bool:
-        """Run the operation in the calling thread, or wait while another worker runs it."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Run the operation in the calling thread, or wait while another worker runs it: True once it is
+        finished, False when ``timeout`` seconds pass first."""
+
+        def finished() -> bool:
             if self.claim(op_id):
                 # A request waits for its operation: it runs to the end, also while the process drains
                 # (gunicorn lets in-flight requests finish; the worker threads stop at a step boundary).
                 self.run_claimed(op_id, stoppable=False)
             with self.store.read() as tx:
                 op = tx.get_operation(op_id)
-            if op is None or op.state.finished:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+            return op is None or op.state.finished
+
+        poll = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.05),
+                        retry=retry_if_result(lambda done: not done), retry_error_callback=lambda _state: False)
+        return poll(finished)
 
     def expected_remaining(self, op: Operation) -> float:
         return self.engine.expected_remaining(op)
@@ -239,6 +244,8 @@ class Worker:
 
     # threads --------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        # The worker's scheduler, not a retry loop (so not tenacity): it runs until stopped, and a new
+        # operation wakes it at once (``_wake``); the heartbeat below is a periodic job likewise.
         while not self.stopping:
             try:
                 self._maybe_reap()

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from urllib.parse import quote
 
 import pytest
+import yaml
 
-import broker.app as broker_app
-import broker.domain.catalog
 from tests.api.conftest import assert_error, assert_rejected, identity, snapshot
 from tests.conftest import (
     ACCOUNT,
@@ -18,6 +19,7 @@ from tests.conftest import (
     KSYS_PARAMS,
     KSYS_PLAN,
     PASSWORD,
+    ROOT,
     SERVICE_ID,
     auth_header,
     grs_params,
@@ -157,14 +159,31 @@ def test_gap_async_required_is_422_when_202_was_not_allowed(osb, runtime):
     assert_rejected(runtime, before, r, 422, "AsyncRequired")
 
 
-def test_gap_catalog_is_loaded_once_not_per_request(osb, monkeypatch):
-    def no_reload(*_a, **_k):
-        raise AssertionError("the catalog was loaded again during a request")
+def test_gap_catalog_is_loaded_once_not_per_request(broker, tmp_path):
+    """The runtime is built from a catalog file written for this test; once it runs, that file changes and
+    then goes away, and every request still sees the catalog read at start-up."""
+    folder = tmp_path / "catalog-for-this-test"
+    folder.mkdir()
+    data = yaml.safe_load((ROOT / "catalog" / "powervs-dr.yaml").read_text())
+    data["services"][0]["description"] = "the catalog read at start-up"
+    catalog_file = folder / "powervs-dr.yaml"
+    catalog_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    b = broker(catalog_path=str(folder))
+    first = b.osb.get("/v2/catalog")
+    assert first.status_code == 200
+    assert first.json["services"][0]["description"] == "the catalog read at start-up"
 
-    monkeypatch.setattr(broker.domain.catalog, "load_catalog", no_reload)
-    monkeypatch.setattr(broker_app, "load_catalog", no_reload)
-    assert osb.get("/v2/catalog").status_code == 200
-    assert osb.put(PROVISION, BODY).status_code == 202
+    data["services"][0]["description"] = "changed on disk after start-up"
+    data["services"][0]["plans"] = [p for p in data["services"][0]["plans"] if p["id"] != GRS_PLAN]
+    catalog_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.utime(catalog_file, (time.time() + 5, time.time() + 5))  # a new mtime, whatever the clock's resolution
+    assert b.osb.get("/v2/catalog").json == first.json
+    assert b.osb.put(PROVISION, BODY).status_code == 202  # grs-async is still a plan for this broker
+
+    catalog_file.unlink()
+    assert b.osb.get("/v2/catalog").json == first.json
+    assert b.osb.wait("i-1")["state"] == "succeeded"
+    assert b.osb.bind("i-1", "b-1").status_code == 201
 
 
 def test_gap_originating_identity_is_accepted_and_a_malformed_one_is_400_not_500(osb, runtime):

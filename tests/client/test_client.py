@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from broker.client.osb import OSBClient
 from tests.conftest import GRS_PARAMS, PASSWORD, USER
@@ -20,8 +21,14 @@ PARAMS = json.dumps(GRS_PARAMS)
 
 def run(url: str, *args: str, profile: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     auth = ["--profile", str(profile)] if profile else ["--url", url, "--user", USER, "--password", PASSWORD]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRBROKER_CLIENT_")}
     return subprocess.run([*drbroker_command(), "client", *auth, *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+
+def _broker_get(url: str, path: str) -> requests.Response:
+    """Ask the broker itself (not through the client under test)."""
+    return requests.get(url + path, auth=(USER, PASSWORD), headers={"X-Broker-API-Version": "2.17"}, timeout=30)
 
 
 @pytest.fixture
@@ -60,8 +67,12 @@ def test_provision_wait_follows_progress_to_success_then_every_command_works(slo
 
     out = run(url, "--json", "bind", "cli-1", "app-1")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["credentials"]["replication"]["primary"]["volume_group_id"]
+    printed = json.loads(out.stdout)["credentials"]
+    stored = _broker_get(url, "/v2/service_instances/cli-1/service_bindings/app-1")
+    assert stored.status_code == 200 and stored.json()["credentials"] == printed  # what the broker issued
+    assert printed["replication"]["primary"]["volume_group_id"].startswith("volume_g-")
     assert run(url, "unbind", "cli-1", "app-1").returncode == 0
+    assert _broker_get(url, "/v2/service_instances/cli-1/service_bindings/app-1").status_code == 404
 
     out = run(url, "deprovision", "cli-1", "--wait")
     assert out.returncode == 0, out.stderr
@@ -128,6 +139,23 @@ def test_profile_file_supplies_url_and_credentials(slow_broker, tmp_path) -> Non
 
 
 def test_client_module_runs_without_a_tty_and_prints_no_secret(slow_broker) -> None:
-    out = run(slow_broker.url, "catalog")
-    assert PASSWORD not in out.stdout + out.stderr
-    assert sys.executable  # the console script ran in this interpreter's environment
+    url = slow_broker.url
+    # stdin, stdout and stderr are pipes here: --wait must print plain progress lines, no terminal codes
+    out = run(url, "provision", "tty-1", "--service", "powervs-dr", "--plan", "grs-async", "-c", PARAMS, "--wait")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("succeeded: ")
+    progress = out.stderr.splitlines()
+    assert progress and all(re.match(r"(in progress|succeeded): ", line) for line in progress), out.stderr
+    assert any(re.match(r"in progress: step \d+/7: ", line) for line in progress), out.stderr
+    assert "\x1b" not in out.stdout + out.stderr and "\r" not in out.stderr
+    # the client really provisioned: the broker has the instance, with the parameters sent
+    body = _broker_get(url, "/v2/service_instances/tty-1").json()
+    assert body["parameters"]["protected_volumes"] == GRS_PARAMS["protected_volumes"]
+    # no secret on the way, neither when it works nor when the broker refuses the password
+    wrong = "Wrong-Secret-Pass-0451"
+    refused = subprocess.run([*drbroker_command(), "client", "--url", url, "--user", USER, "--password", wrong,
+                              "catalog"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 3 and "401" in refused.stderr
+    for result in (out, run(url, "catalog"), refused):
+        text = result.stdout + result.stderr
+        assert PASSWORD not in text and wrong not in text

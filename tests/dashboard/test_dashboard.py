@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -14,15 +16,44 @@ from tests.conftest import KSYS_PARAMS, KSYS_PLAN, PASSWORD, ROOT, SERVICE_ID, U
 from tests.e2e.conftest import drbroker_command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
+DOCS_SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
+UPDATE_SCREENSHOTS = "DRBROKER_UPDATE_SCREENSHOTS"
 
 
 def _need_chromium() -> str:
+    """The browser, or: in CI (``CI`` set) a failure, elsewhere a skip that says why."""
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the browser test: install Debian's chromium (.ci/run does)")
         pytest.skip("no chromium on this machine (apt-get install chromium)")
     return CHROMIUM
+
+
+def screenshot_path(tmp_path: Path) -> Path:
+    """Where the test writes its screenshot: the test's own folder, unless ``DRBROKER_UPDATE_SCREENSHOTS=1``
+    asks to refresh the image the docs show (docs/images/dashboard.png, tracked in git)."""
+    if os.environ.get(UPDATE_SCREENSHOTS) == "1":
+        return DOCS_SCREENSHOT
+    return tmp_path / "dashboard.png"
+
+
+def test_the_screenshot_goes_to_the_docs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(UPDATE_SCREENSHOTS, raising=False)
+    assert screenshot_path(tmp_path) == tmp_path / "dashboard.png"
+    monkeypatch.setenv(UPDATE_SCREENSHOTS, "1")
+    assert screenshot_path(tmp_path) == DOCS_SCREENSHOT
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception)) as outcome:  # a skip must not pass
+        _need_chromium()
+    assert outcome.type is pytest.fail.Exception, outcome.value
+    assert "CI must run the browser test" in str(outcome.value)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no chromium"):
+        _need_chromium()
 
 
 def _osb(url: str) -> requests.Session:
@@ -67,16 +98,21 @@ def broker_with_history(broker_factory, db_path):
     return broker
 
 
-def test_dashboard_shows_the_instance_in_a_real_browser_without_console_errors(broker_with_history) -> None:
+def test_dashboard_shows_the_instance_in_a_real_browser_without_console_errors(broker_with_history,
+                                                                                 tmp_path: Path) -> None:
+    """The screenshot goes to this test's tmp_path; ``DRBROKER_UPDATE_SCREENSHOTS=1`` writes it to
+    docs/images/dashboard.png instead, to refresh the image the README shows on purpose."""
     from playwright.sync_api import sync_playwright
 
+    executable = _need_chromium()
+    shot = screenshot_path(tmp_path)
     broker = broker_with_history
     link = _link(broker, "dash-1", 600)
     attrs = _osb(broker.url).get(f"{broker.url}/v2/service_instances/dash-1", timeout=10).json()["metadata"][
         "attributes"]
     problems: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=_need_chromium(), args=[
+        browser = pw.chromium.launch(executable_path=executable, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run", "--disable-quic"])
         page = browser.new_page(viewport={"width": 1100, "height": 1300})
@@ -96,11 +132,11 @@ def test_dashboard_shows_the_instance_in_a_real_browser_without_console_errors(b
         assert "provision" in ops and "test_failover" in ops and "bind" in ops
         assert page.locator("#rpo-line").count() == 1  # sampled history drawn
         assert page.locator("#rpo-target-line").count() == 1
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert problems == []
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
 
 
 def test_dashboard_needs_auth_or_a_valid_signed_link(broker_with_history) -> None:

@@ -3,9 +3,11 @@ variable names, probes, the image command and the catalog export."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +15,102 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from broker.app import build_runtime, create_app
 from broker.cli import main
-from tests.conftest import ROOT
+from broker.config import Settings
+from broker.domain.catalog import load_catalog
+from broker.orchestrators.ibmcloud.config import IbmCloudConfig
+from tests.conftest import ROOT, make_settings
 from tests.deploy.gotemplate import Renderer
+from tests.e2e.conftest import base_env, drbroker_command
 
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "powervs-dr-broker"
 
 
-def known_env_vars() -> set[str]:
-    """Every DRBROKER_* name the code reads (settings) or the catalog interpolates."""
+class _ReadingEnv(dict):
+    """An environment that notes every name the code looks up in it."""
+
+    def __init__(self, **values: str) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+
+@functools.cache
+def known_env_vars() -> frozenset[str]:
+    """Every DRBROKER_* name the broker actually reads at start-up: what ``Settings.from_env`` looks up, what
+    the ibmcloud backend's config looks up, and what the shipped catalog interpolates, each recorded while
+    the real code reads an environment (not found by searching the source text)."""
     names: set[str] = set()
-    for path in [*(ROOT / "broker").rglob("*.py"), *(ROOT / "catalog").glob("*.yaml")]:
-        names |= set(re.findall(r"\bDRBROKER_[A-Z0-9_]+\b", path.read_text()))
-    return names
+    env = _ReadingEnv()
+    Settings.from_env(env=env)
+    names |= env.read
+    env = _ReadingEnv(DRBROKER_IBMCLOUD_APIKEY="an-api-key")  # without one it refuses to start
+    IbmCloudConfig.from_env(env)
+    names |= env.read
+    env = _ReadingEnv()
+    load_catalog(ROOT / "catalog", env=env)
+    names |= env.read
+    return frozenset(n for n in names if n.startswith("DRBROKER_"))
 
 
-def serve_options() -> set[str]:
-    serve = main.commands["serve"]
-    return {opt for p in serve.params for opt in getattr(p, "opts", [])}
+def test_the_env_names_are_the_ones_the_code_reads() -> None:
+    names = known_env_vars()
+    assert {"DRBROKER_DATABASE_URL", "DRBROKER_USERNAME", "DRBROKER_PASSWORD", "DRBROKER_CATALOG",
+            "DRBROKER_KEK_FILE", "DRBROKER_IBMCLOUD_APIKEY", "DRBROKER_SERVICE_ID"} <= names
+    assert "DRBROKER_NOT_A_SETTING" not in names
+
+
+def _help(*args: str) -> str:
+    out = subprocess.run([*drbroker_command(), *args, "--help"], capture_output=True, text=True, timeout=60,
+                         env=base_env(None))
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@functools.cache
+def cli_commands(*group: str) -> frozenset[str]:
+    """The commands ``drbroker [group] --help`` lists (the installed console script, as the images run it)."""
+    text = _help(*group).split("Commands:", 1)[1]
+    return frozenset(m.group(1) for m in re.finditer(r"^  ([a-z][a-z0-9-]*)\s", text, re.M))
+
+
+@functools.cache
+def serve_options() -> frozenset[str]:
+    """The options ``drbroker serve --help`` documents."""
+    return frozenset(re.findall(r"^\s+(--[a-z][a-z-]*)", _help("serve"), re.M))
+
+
+@functools.cache
+def served_paths() -> frozenset[str]:
+    """The paths the real Flask app routes."""
+    return frozenset(rule.rule for rule in _app().url_map.iter_rules())
+
+
+@functools.cache
+def _app() -> Any:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="drbroker-manifests-"))
+    return create_app(runtime=build_runtime(make_settings(folder)))
+
+
+def assert_health_path(path: str) -> None:
+    """The probes' path is one the broker serves, and it answers 200 without credentials."""
+    assert path in served_paths(), sorted(served_paths())
+    assert _app().test_client().get(path).status_code == 200
 
 
 def render_chart(values_override: dict[str, Any] | None = None, release: str = "powervs-dr") -> list[dict]:
@@ -57,8 +136,12 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 def _check_serve_args(argv: list[str]) -> dict[str, str]:
     assert argv[0] == "drbroker" and argv[1] == "serve", argv
+    assert "serve" in cli_commands()
     opts = dict(zip(argv[2::2], argv[3::2], strict=True))
     assert set(opts) <= serve_options(), set(opts) - serve_options()
+    assert opts.get("--host") == "0.0.0.0", opts  # noqa: S104 (reachable from outside the container)
+    port = opts["--port"]
+    assert port == "$PORT" or 1 <= int(port) <= 65535, port
     return opts
 
 
@@ -79,6 +162,7 @@ def test_deployment_runs_several_replicas_with_probes_on_healthz_and_known_setti
     assert container["ports"][0] == {"name": "http", "containerPort": port}
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert_health_path(container[probe]["httpGet"]["path"])
     env_names = {e["name"] for e in container["env"]}
     assert env_names <= known_env_vars()
     assert {"DRBROKER_USERNAME", "DRBROKER_PASSWORD", "DRBROKER_DATABASE_URL"} <= env_names
@@ -109,7 +193,7 @@ def test_migration_job_runs_db_upgrade_before_install_and_upgrade() -> None:
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] + container["args"] == ["drbroker", "db", "upgrade"]
-    assert "upgrade" in main.commands["db"].commands
+    assert "db" in cli_commands() and "upgrade" in cli_commands("db")
     secret = by_kind(docs, "Secret")[0]
     # The Secret is a hook too, with a lower weight, so it exists when the Job runs.
     assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < \
@@ -160,6 +244,7 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck_matching_the_command() -
     assert next(v for k, v in lines if k == "EXPOSE") == opts["--port"]
     health = next(v for k, v in lines if k == "HEALTHCHECK")
     assert f"127.0.0.1:{opts['--port']}/healthz" in health
+    assert_health_path("/healthz")
     envs = " ".join(v for k, v in lines if k == "ENV")
     assert set(re.findall(r"DRBROKER_[A-Z_]+", envs)) <= known_env_vars()
 
@@ -169,6 +254,7 @@ def test_cloud_foundry_manifest_agrees_with_the_code() -> None:
     (app,) = manifest["applications"]
     assert app["instances"] >= 2
     assert app["health-check-http-endpoint"] == "/healthz"
+    assert_health_path(app["health-check-http-endpoint"])
     opts = _check_serve_args(shlex.split(app["command"]))
     assert opts["--port"] == "$PORT"
     assert set(app["env"]) <= known_env_vars()
@@ -183,6 +269,7 @@ def test_code_engine_app_agrees_with_the_code() -> None:
     assert container["ports"][0]["containerPort"] == int(opts["--port"])
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": int(opts["--port"])}
+        assert_health_path(container[probe]["httpGet"]["path"])
     assert {e["name"] for e in container["env"]} <= known_env_vars()
     script = (DEPLOY / "codeengine" / "deploy.sh").read_text()
     for entry in container["env"]:

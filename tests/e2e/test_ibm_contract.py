@@ -86,17 +86,23 @@ def test_every_exchange_of_every_plan_keeps_ibms_published_definitions(
     for n, plan in enumerate(PLAN_NAMES):
         _lifecycle(osb, plan, plans[plan], n)
 
+    broker.stop()  # its background jobs (metering, RPO sampling) would add exchanges between the two reads
     summary = requests.get(f"{fake_ibmcloud}/_fake/contract", timeout=10).json()
     exchanges = requests.get(f"{fake_ibmcloud}/_fake/exchanges", timeout=30).json()["exchanges"]
     contract = load()
     ours: list[str] = []
     operations: set[str] = set()
+    unmodelled: set[str] = set()
+    checked = 0
     for e in exchanges:
         op, found = contract.check(e["method"], e["path"], e["request"], e["status"], e["response"])
         if op is not None:
             operations.add(f"{op.service} {op.id}")
+            checked += 1
+        else:
+            unmodelled.add(e["service"])
         ours += [f"{v} ({e['method']} {e['path']} -> {e['status']})" for v in found]
-    report = {"operations_exercised": len(operations), "exchanges_checked": len(exchanges),
+    report = {"operations_exercised": len(operations), "exchanges": len(exchanges), "exchanges_checked": checked,
               "fake_exchanges_checked": summary["exchanges_checked"], "models_checked": len(summary["models_checked"]),
               "models_defined": contract.models(), "sources": sources(), "operations": sorted(operations)}
     (tmp_path / "contract-report.json").write_text(json.dumps(report, indent=1))
@@ -108,4 +114,7 @@ def test_every_exchange_of_every_plan_keeps_ibms_published_definitions(
     services = {o.split(" ", 1)[0] for o in operations}
     assert {"powervs", "kms", "iam_identity", "iam_policy", "resource_controller", "global_catalog", "dra",
             "metering"} <= services, services
-    assert len(exchanges) == summary["exchanges_checked"] > 500
+    # Only the IAM token exchange has no model (ibm-cloud-sdk-core's token manager reads it); every other
+    # exchange was checked, here and by the fake.
+    assert unmodelled <= {"iam_token"}, unmodelled
+    assert checked == summary["exchanges_checked"] > 500

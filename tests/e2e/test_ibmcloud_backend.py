@@ -118,6 +118,7 @@ def test_full_lifecycle_and_every_day2_action_against_the_fake_ibm_cloud(
     state = requests.get(f"{fake_ibmcloud}/_fake/state", timeout=5).json()
     assert state["volume_groups"] == [] and state["service_ids"] == [] and state["policies"] == []
     assert [k["state"] for k in state["keys"]] == [5] and state["key_rings"] == []
-    assert [r["state"] for r in state["resource_instances"]] == ["removed"] and state["deployments"] == []
+    # deleted: the DR Automation instance waits in reclamation until IBM reclaims it
+    assert [r["state"] for r in state["resource_instances"]] == ["pending_reclamation"] and state["deployments"] == []
     assert not [v for v in state["volumes"] if v["replicationEnabled"] or v["groupID"]]
     assert not [v for v in state["vms"] if v["status"] != "ACTIVE"]

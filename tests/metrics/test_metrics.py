@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import requests
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.app import build_runtime, create_app
 from tests.conftest import OSB, PASSWORD, SERVICE_ID, USER, make_settings
+from tests.e2e.conftest import wait_until
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -66,25 +72,53 @@ def test_metrics_need_authentication_unless_configured_public(tmp_path) -> None:
     assert public.test_client().get("/metrics").status_code == 200
 
 
-def test_metrics_add_up_across_gunicorn_workers(tmp_path) -> None:
-    import subprocess
+def _worker_pids(master: int) -> set[int]:
+    """The gunicorn worker processes (the master's children)."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {int(c) for c in children}
 
-    from tests.e2e.conftest import BrokerProcess, base_env, drbroker_command, free_port
 
-    proc = BrokerProcess(base_env(tmp_path / "state.db"), tmp_path, tmp_path / "broker.log")
-    proc.port = free_port()
-    proc.proc = subprocess.Popen([*drbroker_command(), "serve", "--port", str(proc.port), "--workers", "2"],
-                                 env=proc.env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)
-    try:
-        assert proc._wait_healthy()
-        session = requests.Session()
-        session.auth = (USER, PASSWORD)
-        session.headers["X-Broker-API-Version"] = "2.17"
-        for _ in range(40):  # spread over both workers by the kernel's accept queue
-            assert session.get(f"{proc.url}/v2/catalog", timeout=10).status_code == 200
-            session.close()
-        samples = _samples(session.get(f"{proc.url}/metrics", timeout=10).text)
-        assert _value(samples, "drbroker_http_requests_total", endpoint="osb.catalog", status="200") == 40
-    finally:
-        proc.stop()
+def _catalog_requests_by_process(folder: Path) -> dict[int, float]:
+    """osb.catalog 200s as each process wrote them to its own prometheus-client file (counter_<pid>.db)."""
+    counts: dict[int, float] = {}
+    for path in folder.glob("counter_*.db"):
+        pid = int(path.stem.split("_", 1)[1])
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            _metric, sample, labels, _help = json.loads(key)
+            if sample == "drbroker_http_requests_total" and labels.get("endpoint") == "osb.catalog" \
+                    and labels.get("status") == "200":
+                counts[pid] = counts.get(pid, 0) + value
+    return counts
+
+
+def test_metrics_add_up_across_gunicorn_workers(broker_factory, db_path, tmp_path) -> None:
+    """A real ``drbroker serve --workers 2``: requests answered by both worker processes, and one scrape
+    (answered by either) reports their sum, not only its own process's count."""
+    prom = tmp_path / "prometheus"
+    broker = broker_factory(db_path, args=["--workers", "2"], PROMETHEUS_MULTIPROC_DIR=str(prom))
+    workers = wait_until(lambda: (lambda pids: pids if len(pids) == 2 else None)(_worker_pids(broker.pid)), 30,
+                         "two gunicorn workers")
+
+    def one(_: int) -> int:  # a new connection per request, so the kernel may hand it to either worker
+        return requests.get(f"{broker.url}/v2/catalog", auth=(USER, PASSWORD), timeout=30,
+                            headers={"X-Broker-API-Version": "2.17", "Connection": "close"}).status_code
+
+    sent = 0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        while sent < 800:
+            assert set(pool.map(one, range(40))) == {200}
+            sent += 40
+            by_process = _catalog_requests_by_process(prom)
+            if len([pid for pid, n in by_process.items() if n > 0]) >= 2:
+                break
+    by_process = _catalog_requests_by_process(prom)
+    assert set(by_process) == workers, (by_process, workers)  # each worker answered some of them
+    assert all(n > 0 for n in by_process.values()), by_process
+    assert sum(by_process.values()) == sent
+
+    for _ in range(4):  # whichever worker answers the scrape reports the total of both
+        scrape = requests.get(f"{broker.url}/metrics", auth=(USER, PASSWORD), timeout=30,
+                              headers={"Connection": "close"})
+        assert scrape.status_code == 200
+        total = _value(_samples(scrape.text), "drbroker_http_requests_total", endpoint="osb.catalog", status="200")
+        assert total == sent, (total, sent, by_process)

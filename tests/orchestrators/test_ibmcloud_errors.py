@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import email.utils
 import inspect
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import requests
-from ibm_cloud_sdk_core import ApiException, DetailedResponse
+from ibm_cloud_sdk_core import ApiException, BaseService, DetailedResponse
+from ibm_cloud_sdk_core.authenticators import NoAuthAuthenticator
 
 from broker.domain.errors import PermanentBackendError, TransientBackendError
 from broker.orchestrators.ibmcloud import errors
@@ -15,7 +24,6 @@ from broker.orchestrators.ibmcloud.errors import (
     call,
     collecting,
     retry_after_seconds,
-    rule_for_status,
     to_domain,
 )
 
@@ -39,18 +47,102 @@ def test_every_transport_error_becomes_a_domain_error(cls: type[BaseException]) 
     assert "PowerVS GET /volumes" in mapped.description
 
 
+# What each status means for a retry, written down independently of errors.STATUS_RULES: an expired or
+# revoked IAM token (401, after one refresh), a request timeout (408), a locked resource (423), too early
+# (425), throttling (429) and every 5xx are worth retrying; every other 4xx will fail the same way again.
+TRANSIENT_4XX = {401, 408, 423, 425, 429}
+
+
+def expected_transient(status: int) -> bool:
+    return status >= 500 or status in TRANSIENT_4XX
+
+
+class _StatusHandler(BaseHTTPRequestHandler):
+    """``GET /status/<code>[?retry_after=<value>]``: answers that status with an IBM-style error body, the
+    platform's transaction id and, when asked, a ``Retry-After`` header."""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        status = int(url.path.rsplit("/", 1)[-1])
+        query = parse_qs(url.query)
+        body = json.dumps({"errors": [{"code": f"code_{status}", "message": f"answer {status}"}]}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Global-Transaction-Id", f"txn-{status}")
+        if "retry_after" in query:
+            self.send_header("Retry-After", query["retry_after"][0])
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def status_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _get(service: BaseService, path: str) -> DetailedResponse:
+    return service.send(service.prepare_request(method="GET", url=path))
+
+
+def _service(url: str) -> BaseService:
+    return BaseService(service_url=url, authenticator=NoAuthAuthenticator())
+
+
 @pytest.mark.parametrize("status", range(400, 600))
-def test_every_http_error_status_maps(status: int) -> None:
-    mapped = to_domain(ApiException(status, message="x"), "Key Protect POST /keys")
-    assert isinstance(mapped, TransientBackendError | PermanentBackendError)
-    assert isinstance(mapped, TransientBackendError) == rule_for_status(status).transient
+def test_every_http_error_status_from_a_real_server_maps_as_documented(status_server: str, status: int) -> None:
+    """A real HTTP answer of each status, through ibm-cloud-sdk-core and the real ``errors.call``: transient
+    or permanent as the table above says, with the server's Retry-After and transaction id."""
+    service = _service(status_server)
+    hint = status % 10 + 1
+    with collecting() as calls, pytest.raises((TransientBackendError, PermanentBackendError)) as raised:
+        call("PowerVS GET /status", lambda: _get(service, f"/status/{status}?retry_after={hint}"))
+    mapped = raised.value
+    assert isinstance(mapped, TransientBackendError) is expected_transient(status), mapped.description
+    assert mapped.description.startswith(f"PowerVS GET /status: {status} ")
+    assert f"code_{status}: answer {status}" in mapped.description and "txn-" + str(status) in mapped.description
+    if isinstance(mapped, TransientBackendError):
+        assert mapped.retry_after == float(hint)
+    assert calls == [{"call": "PowerVS GET /status", "status": status, "transaction_id": f"txn-{status}"}]
 
 
-@pytest.mark.parametrize(("status", "transient"), [
-    (400, False), (401, True), (403, False), (404, False), (408, True), (409, False), (422, False), (429, True),
-    (500, True), (502, True), (503, True), (504, True), (599, True), (418, False)])
-def test_documented_statuses(status: int, transient: bool) -> None:
-    assert isinstance(to_domain(ApiException(status), "x"), TransientBackendError) is transient
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_transient_answer_without_retry_after_carries_no_hint(status_server: str, status: int) -> None:
+    with pytest.raises(TransientBackendError) as raised:
+        call("GET", lambda: _get(_service(status_server), f"/status/{status}"))
+    assert raised.value.retry_after is None
+
+
+def test_retry_after_as_an_http_date_from_a_real_server(status_server: str) -> None:
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    with pytest.raises(TransientBackendError) as raised:
+        call("GET", lambda: _get(_service(status_server), f"/status/503?retry_after={quote(when)}"))
+    assert raised.value.retry_after is not None and 25 <= raised.value.retry_after <= 31
+
+
+def test_an_allowed_status_from_a_real_server_is_an_answer(status_server: str) -> None:
+    with collecting() as calls:
+        assert call("GET", lambda: _get(_service(status_server), "/status/404"), allow=(404,)) is None
+    assert calls[0]["status"] == 404 and calls[0]["transaction_id"] == "txn-404"
+
+
+def test_nothing_listening_is_transient_through_the_sdk() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TransientBackendError) as raised:
+        call("PowerVS GET /volumes", lambda: _get(_service(f"http://127.0.0.1:{port}"), "/volumes"))
+    assert raised.value.description.startswith("PowerVS GET /volumes: connection failed")
 
 
 @pytest.mark.parametrize(("exc", "transient"), [

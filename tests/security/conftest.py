@@ -41,6 +41,7 @@ class FakeIam:
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
         self.published: list[str] = []
         self.requests = 0
+        self.delay = 0.0  # seconds each key set request takes (a slow IAM)
         iam = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,6 +50,7 @@ class FakeIam:
                     self.send_error(404)
                     return
                 iam.requests += 1
+                time.sleep(iam.delay)
                 jwks = []
                 for kid in iam.published:
                     jwk = json.loads(RSAAlgorithm.to_jwk(iam.keys[kid].public_key()))

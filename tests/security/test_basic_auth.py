@@ -129,3 +129,33 @@ def test_credentials_hash_command_makes_a_usable_entry(tmp_path: Path) -> None:
         rt.store.engine.dispose()
     short = CliRunner().invoke(main, ["credentials", "hash"], input="short\n")
     assert short.exit_code != 0
+
+
+def test_a_success_is_remembered_for_five_minutes_failures_never_and_the_cache_is_bounded(monkeypatch: Any) -> None:
+    from cachetools import TTLCache
+
+    assert (basic._VERIFIED.maxsize, basic._VERIFIED.ttl) == (1024, 300.0)
+    now = [1000.0]
+    monkeypatch.setattr(basic, "_VERIFIED", TTLCache(maxsize=2, ttl=basic._VERIFIED_SECONDS, timer=lambda: now[0]))
+    derived: list[str] = []
+    real = basic.PasswordHash.derive
+    monkeypatch.setattr(basic.PasswordHash, "derive", lambda self, pw: derived.append(pw) or real(self, pw))
+    auth = BasicAuthenticator(*(BasicCredentials.from_plaintext(u, f"{u}-password") for u in ("al", "bo", "cy")))
+
+    def ok(user: str) -> None:
+        assert auth.authenticate(auth_header(user, f"{user}-password")) == f"basic:{user}"
+
+    ok("al")
+    ok("al")
+    assert derived == ["al-password"]  # the second check hit the cache: no scrypt
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            auth.authenticate(auth_header("al", "wrong"))
+    assert derived.count("wrong") == 2  # failures are never remembered
+    now[0] += basic._VERIFIED_SECONDS + 1
+    ok("al")
+    assert derived.count("al-password") == 2  # expired: checked again
+    ok("bo")
+    ok("cy")  # the cache holds two: "al", the least recently used, is evicted
+    ok("al")
+    assert derived.count("al-password") == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from broker.app import Runtime, build_runtime, create_app
+from broker.security.bearer import JwksCache
 from tests.conftest import auth_header, make_settings
 from tests.security.conftest import BROKER_CRN, FakeIam
 
@@ -206,3 +208,57 @@ def test_iam_unreachable_is_403_not_500(tmp_path: Path) -> None:
         assert "unavailable" in r.json["description"]
     finally:
         rt.store.engine.dispose()
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _wait_for_requests(iam: FakeIam, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while iam.requests < count:
+        assert time.monotonic() < deadline, "the key set was not requested"
+        time.sleep(0.01)
+
+
+def test_a_known_kid_never_waits_on_a_refetch_for_an_unknown_kid(bearer_client: FlaskClient, iam: FakeIam) -> None:
+    assert catalog(bearer_client, iam.token()).status_code == 200  # the key set is cached
+    authenticator = bearer_client.application.extensions["drbroker"].authenticators[0]
+    authenticator.jwks.refetch_interval = 0.0
+    iam.add_key("not-yet-published", publish=False)
+    before, iam.delay = iam.requests, 2.0  # IAM answers slowly from now on
+    slow, statuses = _in_thread(lambda: catalog(bearer_client, iam.token("not-yet-published")).status_code)
+    _wait_for_requests(iam, before + 1)  # the unknown kid's refetch is under way
+    started = time.monotonic()
+    assert catalog(bearer_client, iam.token()).status_code == 200
+    assert time.monotonic() - started < 1.0  # answered from the cache, not behind the refetch
+    slow.join(10)
+    assert statuses == [403]
+
+
+def test_a_known_kid_is_answered_from_a_stale_set_while_another_request_refreshes_it(iam: FakeIam) -> None:
+    jwks = JwksCache(f"{iam.url}/identity/keys", ttl=0.2, refetch_interval=0.0)
+    assert jwks.key("iam-key-1") is not None and jwks.fetches == 1
+    time.sleep(0.3)  # the cached set is past its ttl
+    before, iam.delay = iam.requests, 2.0
+    slow, keys = _in_thread(lambda: jwks.key("unknown-kid"))
+    _wait_for_requests(iam, before + 1)
+    started = time.monotonic()
+    assert jwks.key("iam-key-1") is not None
+    assert time.monotonic() - started < 1.0
+    slow.join(10)
+    assert keys == [None] and jwks.fetches == 2
+    iam.delay = 0.0
+    assert jwks.key("iam-key-1") is not None and jwks.fetches == 2  # fresh again: no fetch
+
+
+def test_a_failed_refresh_keeps_the_keys_fetched_before(iam: FakeIam) -> None:
+    jwks = JwksCache(f"{iam.url}/identity/keys", ttl=0.2, refetch_interval=0.0)
+    assert jwks.key("iam-key-1") is not None
+    iam.close()
+    time.sleep(0.3)
+    assert jwks.key("iam-key-1") is not None  # IAM is gone: the stale key still verifies
+    assert jwks.key("unknown-kid") is None

@@ -21,7 +21,7 @@ from broker.store import db as store_db
 from broker.store.repository import Store
 from broker.store.sealed import PlainText, aad, count_by_kek
 from broker.store.tables import instances
-from tests.conftest import GRS_PARAMS, PASSWORD, SERVICE_ID, USER, make_settings
+from tests.conftest import GRS_PARAMS, ORCH_DEPLOY, PASSWORD, SERVICE_ID, USER, make_settings
 from tests.e2e.conftest import base_env, drbroker_command
 from tests.services.conftest import ENCRYPTION
 
@@ -204,7 +204,7 @@ def test_keys_rotate_rewraps_every_record_while_the_broker_serves(tmp_path: Path
         r = s.put(f"{server.url}/v2/service_instances/{iid}?accepts_incomplete=true", timeout=10, json={
             "service_id": SERVICE_ID, "plan_id": BYOK_PLAN, "organization_guid": "o", "space_guid": "s",
             "parameters": {**GRS_PARAMS, "protected_volumes": volumes, "ibmcloud_api_key": f"key-of-{iid}",
-                           "orchestrator": {"name": "ksys", "password": "rotate-pass-1"},
+                           "orchestrator": {**ORCH_DEPLOY, "name": "ksys", "password": "Rotate-pass-1"},
                            "encryption": dict(ENCRYPTION)}})
         assert r.status_code == 202, r.text
         for _ in range(600):

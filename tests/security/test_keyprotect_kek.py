@@ -3,6 +3,7 @@ documented wrap/unwrap/rotate shapes and IAM's token endpoint): never against IB
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from broker.security.keyprotect import KeyProtectKEK
 from broker.store import db as store_db
 from broker.store.sealed import count_by_kek
 from tests.conftest import GRS_PARAMS, OSB, make_settings
-from tests.ibmfake import fake_cloud
+from tests.ibmfake import FakeAdmin, fake_cloud
 
 
 @pytest.fixture
@@ -94,3 +95,40 @@ def test_a_broker_with_a_key_protect_kek_seals_and_rotates(kp: tuple[str, str], 
     (after,) = count_by_kek(engine, Envelope.kek_id)
     assert after.startswith(f"kp:{key_id}:") and after != before
     engine.dispose()
+
+
+def _hits(admin: FakeAdmin) -> list[tuple[int, int]]:
+    """(requests a fault answered, answers it has left), per injected fault."""
+    return [(f["hits"], f["count"]) for f in admin.faults()]
+
+
+def test_a_transient_key_protect_failure_is_retried_and_the_operation_succeeds(kp: tuple[str, str]) -> None:
+    admin = FakeAdmin(kp[0])
+    k = kek(kp)
+    admin.fault(service="kms", method="POST", path=r"/actions/wrap$", status=503, count=1)
+    kek_id, wrapped = k.wrap(b"k" * 32, b"aad")
+    admin.fault(service="kms", method="POST", path=r"/actions/unwrap$", status=429, retry_after=0.3, count=1)
+    started = time.monotonic()
+    assert k.unwrap(kek_id, wrapped, b"aad") == b"k" * 32
+    assert time.monotonic() - started >= 0.3  # Retry-After honoured
+    admin.fault(service="kms", method="POST", path=r"/actions/rotate$", status=502, count=2)
+    assert k.begin_rotation() != kek_id
+    assert _hits(admin) == [(1, 0), (1, 0), (2, 0)]  # each fault answered, then the real answer came
+
+
+def test_a_permanent_key_protect_refusal_is_not_retried(kp: tuple[str, str]) -> None:
+    admin = FakeAdmin(kp[0])
+    admin.fault(service="kms", method="POST", path=r"/actions/wrap$", status=403, count=3)
+    with pytest.raises(SecretsError, match=r"wrap on key .* failed: HTTP 403"):
+        kek(kp).wrap(b"k" * 32, b"aad")
+    assert _hits(admin) == [(1, 2)]  # one request: a 403 is an answer, not a hiccup
+
+
+def test_retries_stop_after_the_last_attempt(kp: tuple[str, str]) -> None:
+    admin = FakeAdmin(kp[0])
+    admin.fault(service="kms", method="POST", path=r"/actions/wrap$", status=503, count=10)
+    k = KeyProtectKEK(url=kp[0], instance_id=DEMO_KMS_INSTANCE_ID, root_key_id=kp[1], apikey="kek-test-apikey",
+                      iam_url=kp[0], attempts=3, backoff=0.01)
+    with pytest.raises(SecretsError, match="HTTP 503"):
+        k.wrap(b"k" * 32, b"aad")
+    assert _hits(admin) == [(3, 7)]

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from broker.app import build_runtime, create_app
 from broker.security.envelope import PREFIX
 from broker.store.tables import bindings, instances, operation_steps, operations
-from tests.conftest import OSB, PASSWORD, SERVICE_ID, USER, make_settings
+from tests.conftest import ORCH_DEPLOY, OSB, PASSWORD, SERVICE_ID, USER, make_settings
 from tests.services.conftest import ENCRYPTION, GRS_PARAMS
 
 BYOK_PLAN = "3d4e5f6a-7b8c-4d9e-9f0a-2b3c4d5e6f7a"
@@ -74,7 +74,7 @@ def lifecycle(osb: OSB, secrets_: dict[str, str], errors: list[str]) -> dict[str
     """Every operation once, with the planted secrets in the parameters; returns the bind response."""
     iid, bid = "leak-1", "leak-b1"
     params = {**GRS_PARAMS, "ibmcloud_api_key": secrets_["api_key"],
-              "orchestrator": {"name": "ksys-leak", "password": secrets_["orchestrator_password"]},
+              "orchestrator": {**ORCH_DEPLOY, "name": "ksys-leak", "password": secrets_["orchestrator_password"]},
               "encryption": dict(ENCRYPTION)}
 
     def ok(response: Any, *codes: int) -> Any:
@@ -85,7 +85,8 @@ def lifecycle(osb: OSB, secrets_: dict[str, str], errors: list[str]) -> dict[str
         return body
 
     # Refused requests that carry the secrets: a schema violation on a sensitive field, then a bad pair.
-    bad = {**params, "orchestrator": {"name": "ksys-leak", "password": ["x", secrets_["orchestrator_password"]]}}
+    bad = {**params, "orchestrator": {**ORCH_DEPLOY, "name": "ksys-leak",
+                                             "password": ["x", secrets_["orchestrator_password"]]}}
     ok(osb.provision(iid, BYOK_PLAN, bad), 400)
     ok(osb.provision(iid, BYOK_PLAN, {**params, "ibmcloud_api_key": 12345}), 400)
     ok(osb.provision(iid, BYOK_PLAN, {**params, "secondary_workspace_crn": params["primary_workspace_crn"]}), 400)
@@ -184,7 +185,7 @@ def test_real_server_at_debug_leaks_no_secret_to_its_output_or_database(tmp_path
     session.auth = (USER, PASSWORD)
     session.headers["X-Broker-API-Version"] = "2.17"
     params = {**GRS_PARAMS, "ibmcloud_api_key": secrets_["api_key"], "encryption": dict(ENCRYPTION),
-              "orchestrator": {"name": "ksys-srv", "password": secrets_["orchestrator_password"]}}
+              "orchestrator": {**ORCH_DEPLOY, "name": "ksys-srv", "password": secrets_["orchestrator_password"]}}
     base = f"{server.url}/v2/service_instances/srv-1"
 
     def wait() -> None:

@@ -5,10 +5,10 @@ from typing import Any
 import pytest
 
 from broker.domain.catalog import Plan
-from tests.conftest import GRS_PARAMS, OSB, SERVICE_ID
+from tests.conftest import GRS_PARAMS, ORCH_DEPLOY, OSB, SERVICE_ID
 
 PLAN_NAMES = ("grs-async", "ksys-managed", "ksys-managed-ha", "ksys-managed-byok", "rehearsal-only")
-ORCH = {"name": "ksys-prod", "password": "orchestrator-pass-42"}
+ORCH = {"name": "ksys-prod", "password": "Orchestrator-Pass-42", **ORCH_DEPLOY}
 ENCRYPTION = {"key_ring_id": "dr-test", "rotation_interval_months": 3}
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SERVICE_ID
+from broker.orchestrators.simulated.cloud import SEED_OWNER, SimulatedCloud
+from tests.conftest import PRIMARY, SECONDARY, SERVICE_ID
 from tests.services.conftest import DR
 
 
@@ -26,16 +27,67 @@ def _refused(dr: DR, iid: str, kind: str, expected: str, mode: str | None = None
         assert len(tx.list_operations(instance_id=iid)) == before
 
 
-def test_test_failover_records_rehearsal_and_rto_then_cleanup_removes_it(dr: DR) -> None:
-    dr.ready_plan("d2-test", "ksys-managed")
-    result = _run(dr, "d2-test", "test_failover")
+def vm_states(dr: DR, iid: str) -> dict[str, dict[str, str]]:
+    """The power state of every VM at each site: the customer's VMs in the primary workspace, and the
+    instance's backup VMs (its DR copies) in the secondary one."""
+    cloud = SimulatedCloud(dr.runtime.store.engine)
+    primary = {vm.data["vm_id"]: vm.state for vm in cloud.of_kind("pvm_instance", SEED_OWNER)
+               if vm.data["workspace_crn"] == PRIMARY}
+    secondary = {vm.data["name"]: vm.state for vm in cloud.of_kind("backup_vm", iid)
+                 if vm.data["workspace_crn"] == SECONDARY}
+    return {"primary": primary, "secondary": secondary}
+
+
+def _states(primary: str, secondary: str) -> dict[str, dict[str, str]]:
+    return {"primary": {"vm-app-1": primary, "vm-db-1": primary},
+            "secondary": {"vm-app-1_BackUp": secondary, "vm-db-1_BackUp": secondary}}
+
+
+RUNNING_AT_PRIMARY = _states("ACTIVE", "SHUTOFF")
+
+
+def _steps(dr: DR, op_id: str) -> list:
+    with dr.runtime.store.read() as tx:
+        return tx.steps(op_id)
+
+
+def test_test_failover_records_rehearsal_and_rto_then_cleanup_removes_it(tmp_path) -> None:
+    from broker.app import build_runtime, create_app
+    from tests.conftest import make_settings
+
+    # Steps that take time (0.05 s per step weight), so the RTO has bounds worth checking.
+    rt = build_runtime(make_settings(tmp_path, sim_step_seconds=0.05))
+    rt.worker.start()
+    try:
+        dr = DR(create_app(runtime=rt).test_client(), rt)
+        dr.ready_plan("d2-test", "ksys-managed")
+        r = dr.action("d2-test", "test_failover")
+        assert r.status_code == 202, r.get_data(as_text=True)
+        result = dr.wait("d2-test")
+        assert result["state"] == "succeeded", result
+        _check_rehearsal(dr, r.json["operation"], result)
+    finally:
+        rt.worker.stop(10)
+
+
+def _check_rehearsal(dr: DR, op_id: str, result: dict) -> None:
     assert "test_failover done" in result["description"]
     assert "achieved RPO" in result["description"]
     attrs = dr.attributes("d2-test")
     assert attrs["test_failover_active"] is True
     assert attrs["last_rehearsal_at"].endswith("Z")
-    assert attrs["last_rehearsal_rto_seconds"] >= 0
+    # The recorded RTO is the rehearsal's own duration: at least from its first step's start to its last
+    # step's end, at most from the request to the operation's end.
+    with dr.runtime.store.read() as tx:
+        op = tx.get_operation(op_id)
+    steps = _steps(dr, op_id)
+    assert [s.name for s in steps] == ["check_replication", "start_rehearsal", "verify_rehearsal"]
+    lower = steps[-1].finished_at - steps[0].started_at
+    upper = op.finished_at - op.created_at
+    assert lower >= 0.1  # three steps of 0.05 s or more: a zero or a single step's time would not fit
+    assert lower - 0.001 <= attrs["last_rehearsal_rto_seconds"] <= upper + 0.001, (lower, upper, attrs)
     assert attrs["active_site"] == "primary"
+    assert vm_states(dr, "d2-test") == RUNNING_AT_PRIMARY  # a rehearsal moves no production VM
     rehearsal = [r for r in dr.inventory("d2-test") if r.kind == "rehearsal"]
     assert len(rehearsal) == 1 and rehearsal[0].data["vms"] == ["vm-app-1_DRTest", "vm-db-1_DRTest"]
     _run(dr, "d2-test", "cleanup_test")
@@ -47,37 +99,41 @@ def test_test_failover_records_rehearsal_and_rto_then_cleanup_removes_it(dr: DR)
 def test_failover_moves_to_the_secondary_and_failback_returns(dr: DR, mode: str) -> None:
     iid = f"d2-fo-{mode}"
     dr.ready_plan(iid, "ksys-managed")
+    assert vm_states(dr, iid) == RUNNING_AT_PRIMARY
     _run(dr, iid, "failover", mode)
     attrs = dr.attributes(iid)
     assert attrs["active_site"] == "secondary"
     assert attrs["replication_state"] == "idling"
-    backups = {r.state for r in dr.inventory(iid) if r.kind == "backup_vm"}
-    assert backups == {"ACTIVE"}
+    # planned: the primary's VMs were shut down; unplanned: the lost primary is not touched
+    assert vm_states(dr, iid) == _states("SHUTOFF" if mode == "planned" else "ACTIVE", "ACTIVE")
     _run(dr, iid, "failback")
     attrs = dr.attributes(iid)
     assert attrs["active_site"] == "primary"
     assert attrs["replication_state"] == "consistent_copying"
     assert attrs["replication_primary_role"] == "master"
-    assert {r.state for r in dr.inventory(iid) if r.kind == "backup_vm"} == {"SHUTOFF"}
+    assert vm_states(dr, iid) == RUNNING_AT_PRIMARY
 
 
 def test_planned_failover_stops_primary_vms_first(dr: DR) -> None:
-    dr.ready_plan("d2-steps", "grs-async")
+    dr.ready_plan("d2-steps", "ksys-managed")
     r = dr.action("d2-steps", "failover", "planned")
     op_id = r.json["operation"]
-    dr.wait("d2-steps")
-    with dr.runtime.store.read() as tx:
-        names = [s.name for s in tx.steps(op_id)]
-    assert names == ["check_replication", "stop_primary_vms", "failover_replication", "start_secondary_vms"]
+    assert dr.wait("d2-steps")["state"] == "succeeded"
+    steps = {s.name: s for s in _steps(dr, op_id)}
+    assert list(steps) == ["check_replication", "stop_primary_vms", "failover_replication", "start_secondary_vms"]
+    # the primary's VMs were down before replication stopped and before the secondary's VMs started
+    assert steps["stop_primary_vms"].finished_at <= steps["failover_replication"].started_at
+    assert steps["failover_replication"].finished_at <= steps["start_secondary_vms"].started_at
+    assert vm_states(dr, "d2-steps") == _states("SHUTOFF", "ACTIVE")
 
 
 def test_unplanned_failover_does_not_touch_the_lost_primary(dr: DR) -> None:
-    dr.ready_plan("d2-unpl", "grs-async")
+    dr.ready_plan("d2-unpl", "ksys-managed")
     op_id = dr.action("d2-unpl", "failover", "unplanned").json["operation"]
-    dr.wait("d2-unpl")
-    with dr.runtime.store.read() as tx:
-        names = [s.name for s in tx.steps(op_id)]
-    assert "stop_primary_vms" not in names and "check_replication" not in names
+    assert dr.wait("d2-unpl")["state"] == "succeeded"
+    names = [s.name for s in _steps(dr, op_id)]
+    assert names == ["failover_replication", "start_secondary_vms"]
+    assert vm_states(dr, "d2-unpl") == _states("ACTIVE", "ACTIVE")
 
 
 def test_resync_restarts_replication(dr: DR) -> None:

@@ -172,9 +172,23 @@ def test_injected_transient_faults_succeed_after_retries(tmp_path) -> None:
     rt.worker.start()
     try:
         dr = DR(create_app(runtime=rt).test_client(), rt)
-        dr.ready_plan("tf-1", "ksys-managed")
+        r = dr.provision_plan("tf-1", "ksys-managed")
+        assert r.status_code == 202, r.get_data(as_text=True)
+        assert dr.wait("tf-1")["state"] == "succeeded"
     finally:
         rt.worker.stop(10)
+    with rt.store.read() as tx:
+        steps = {s.name: s for s in tx.steps(r.json["operation"])}
+    # three injected 503s then success: 4 tries; two 429s then success: 3 tries; every other step once
+    assert steps["create_replication_group"].attempts == 4
+    assert steps["create_replication_group"].error == \
+        "create_replication_group: 503 Service Unavailable (injected, call 3)"
+    assert steps["deploy_orchestrator"].attempts == 3
+    assert steps["deploy_orchestrator"].error == "deploy_orchestrator: 429 Too Many Requests (injected, call 2)"
+    assert {name: s.attempts for name, s in steps.items()
+            if name not in ("create_replication_group", "deploy_orchestrator")} == \
+        {name: 1 for name in steps if name not in ("create_replication_group", "deploy_orchestrator")}
+    assert all(s.state == "done" for s in steps.values())
 
 
 @pytest.mark.parametrize("fault", ["enable_replication", "deploy_orchestrator", "create_root_key", "discover"])

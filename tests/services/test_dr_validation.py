@@ -2,13 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from broker.domain.errors import InvalidParameters
 from broker.orchestrators.simulated.seed import OTHER_ACCOUNT, workspace_crn
-from tests.conftest import GRS_PARAMS, make_settings
-from tests.services.conftest import DR, params_for
+from broker.services.dr_validation import validate_dr_parameters
+from tests.conftest import ACCOUNT, GRS_PARAMS, ROOT, make_settings
+from tests.services.conftest import DR, ORCH, params_for
+
+BULK_31 = [f"vol-bulk-{i:03d}" for i in range(1, 32)]
+CAP_31 = "parameters.protected_volumes: at most 30 volumes per replication group (31 given)"
+KSYS_PLANS = ["ksys-managed", "ksys-managed-ha", "rehearsal-only", "ksys-managed-byok"]
+
+
+def _lax_catalog(folder: Path) -> Path:
+    """The shipped catalog, with a parameter schema that no longer caps protected_volumes nor requires the
+    orchestrator and encryption sections: only the DR validation layer can refuse such input then."""
+    data = yaml.safe_load((ROOT / "catalog" / "powervs-dr.yaml").read_text())
+    loosened: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            volumes = node.get("protected_volumes")
+            if isinstance(volumes, dict) and volumes.pop("maxItems", None) is not None:
+                loosened.append("maxItems")
+            required = node.get("required")
+            if isinstance(required, list) and {"orchestrator", "encryption"} & set(required):
+                node["required"] = [r for r in required if r not in ("orchestrator", "encryption")]
+                loosened.append("required")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(data)
+    assert "maxItems" in loosened and "required" in loosened, "the shipped catalog changed shape"
+    folder.mkdir()
+    (folder / "powervs-dr.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+@pytest.fixture
+def lax(tmp_path: Path) -> Iterator[DR]:
+    """A broker (real app, worker, SQLite file) built from the loosened catalog."""
+    from broker.app import build_runtime, create_app
+
+    rt = build_runtime(make_settings(tmp_path / "lax-db", catalog_path=str(_lax_catalog(tmp_path / "lax-catalog"))))
+    rt.worker.start()
+    try:
+        yield DR(create_app(runtime=rt).test_client(), rt)
+    finally:
+        rt.worker.stop(10)
+        rt.store.engine.dispose()
 
 
 def _refused(dr: DR, iid: str, plan: str, params: dict[str, Any], *fields: str) -> str:
@@ -41,8 +92,25 @@ def test_workspaces_in_different_accounts_are_refused(dr: DR) -> None:
 
 
 def test_more_than_30_volumes_are_refused(dr: DR) -> None:
-    params = {**GRS_PARAMS, "protected_volumes": [f"vol-bulk-{i:03d}" for i in range(1, 32)]}
+    # Through the shipped catalog: its schema (maxItems) answers first.
+    params = {**GRS_PARAMS, "protected_volumes": BULK_31}
     _refused(dr, "v-31", "grs-async", params, "parameters.protected_volumes")
+
+
+def test_the_30_volume_cap_is_a_dr_rule_of_its_own(dr: DR) -> None:
+    # The DR layer alone, with input no schema checked: 31 volumes are refused, 30 pass.
+    plan = dr.runtime.catalog.find_plan("grs-async")
+    with pytest.raises(InvalidParameters) as refused:
+        validate_dr_parameters(plan, {**GRS_PARAMS, "protected_volumes": BULK_31}, dr.runtime.orchestrator)
+    assert refused.value.description == CAP_31
+    assert validate_dr_parameters(plan, {**GRS_PARAMS, "protected_volumes": BULK_31[:30]},
+                                  dr.runtime.orchestrator) == ACCOUNT
+
+
+def test_the_30_volume_cap_holds_through_the_api_when_the_schema_lets_31_through(lax: DR) -> None:
+    text = _refused(lax, "v-31-lax", "grs-async", {**GRS_PARAMS, "protected_volumes": BULK_31},
+                    "parameters.protected_volumes")
+    assert text == CAP_31
 
 
 def test_exactly_30_volumes_are_accepted(dr: DR) -> None:
@@ -75,17 +143,53 @@ def test_volume_already_protected_by_another_instance_is_refused(dr: DR) -> None
                                                               "vol-app-data-1")
 
 
-@pytest.mark.parametrize("plan", ["ksys-managed", "ksys-managed-ha", "rehearsal-only", "ksys-managed-byok"])
+@pytest.mark.parametrize("plan", KSYS_PLANS)
 def test_ksys_plans_require_the_orchestrator_section(dr: DR, plan: str) -> None:
     params = params_for(plan)
     params.pop("orchestrator")
     _refused(dr, f"v-orch-{plan}", plan, params, "orchestrator")
 
 
+@pytest.mark.parametrize("plan", KSYS_PLANS)
+def test_the_orchestrator_section_is_a_dr_rule_of_its_own(dr: DR, plan: str) -> None:
+    # The DR layer alone, with input no schema checked.
+    params = params_for(plan)
+    params.pop("orchestrator")
+    with pytest.raises(InvalidParameters) as refused:
+        validate_dr_parameters(dr.runtime.catalog.find_plan(plan), params, dr.runtime.orchestrator)
+    assert refused.value.description == f"parameters.orchestrator: required by plan {plan!r}"
+    assert validate_dr_parameters(dr.runtime.catalog.find_plan(plan), params_for(plan),
+                                  dr.runtime.orchestrator) == ACCOUNT
+
+
+@pytest.mark.parametrize("plan", KSYS_PLANS)
+def test_the_orchestrator_section_is_required_through_the_api_when_the_schema_does_not(lax: DR, plan: str) -> None:
+    params = params_for(plan)
+    params.pop("orchestrator")
+    assert _refused(lax, f"v-orch-lax-{plan}", plan, params, "orchestrator") == \
+        f"parameters.orchestrator: required by plan {plan!r}"
+
+
 def test_byok_requires_the_encryption_section(dr: DR) -> None:
     params = params_for("ksys-managed-byok")
     params.pop("encryption")
     _refused(dr, "v-enc", "ksys-managed-byok", params, "encryption")
+
+
+def test_the_encryption_section_is_a_dr_rule_of_its_own(dr: DR) -> None:
+    # The DR layer alone, with input no schema checked.
+    params = params_for("ksys-managed-byok")
+    params.pop("encryption")
+    with pytest.raises(InvalidParameters) as refused:
+        validate_dr_parameters(dr.runtime.catalog.find_plan("ksys-managed-byok"), params, dr.runtime.orchestrator)
+    assert refused.value.description == "parameters.encryption: required by plan 'ksys-managed-byok'"
+
+
+def test_the_encryption_section_is_required_through_the_api_when_the_schema_does_not(lax: DR) -> None:
+    params = params_for("ksys-managed-byok")
+    params.pop("encryption")
+    assert _refused(lax, "v-enc-lax", "ksys-managed-byok", params, "encryption") == \
+        "parameters.encryption: required by plan 'ksys-managed-byok'"
 
 
 @pytest.mark.parametrize(("primary", "secondary"), [("che03", "in-mum-1"), ("mon01", "tor01")])
@@ -129,12 +233,12 @@ def test_secrets_are_marked_sensitive_and_never_echoed(dr: DR) -> None:
     assert schema["properties"]["orchestrator"]["properties"]["password"]["writeOnly"] is True
     secret_key, secret_pw = "customer-api-key-0xDEADBEEF", "orchestrator-Secret-77"
     params = {**params_for("ksys-managed"), "ibmcloud_api_key": secret_key,
-              "orchestrator": {"name": "ksys-prod", "password": secret_pw}}
+              "orchestrator": {**ORCH, "name": "ksys-prod", "password": secret_pw}}
     dr.ready_plan("v-secret", "ksys-managed", params)
     body = dr.get("/v2/service_instances/v-secret").get_data(as_text=True)
     assert secret_key not in body and secret_pw not in body
     assert '"name": "ksys-prod"' in body.replace('":"', '": "') or "ksys-prod" in body
-    bad = {**params_for("ksys-managed"), "orchestrator": {"name": "x", "password": "short"}}
+    bad = {**params_for("ksys-managed"), "orchestrator": {**ORCH, "name": "x", "password": "short"}}
     r = dr.provision_plan("v-secret-2", "ksys-managed", bad)
     assert r.status_code == 400
     assert "short" not in r.json["description"]

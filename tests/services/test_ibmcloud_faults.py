@@ -132,7 +132,8 @@ def test_a_failed_orchestrator_deployment_removes_it(ibm: IbmDR) -> None:
     assert "orchestrator deployment failed" in result["description"]
     assert "remove_orchestrator" in result["description"]
     state = ibm.fake.state()
-    assert [r["state"] for r in state["resource_instances"]] == ["removed"]
+    # deleted: IBM's resource controller keeps it in reclamation (pending_reclamation) until it is reclaimed
+    assert [r["state"] for r in state["resource_instances"]] == ["pending_reclamation"]
     assert state["volume_groups"] == []
 
 

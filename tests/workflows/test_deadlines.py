@@ -199,3 +199,35 @@ def test_a_step_interrupted_by_a_crash_is_compensated_when_the_resumed_operation
                                          "replication group); cleaned up: delete_replication_group, "
                                          "disable_replication, delete_dr_policy"), failed.description
     assert rt.orchestrator.cloud.inventory("i-1") == []
+
+
+def test_a_step_waiting_for_a_person_parks_the_operation_past_its_deadline(
+        tmp_path: Path, made: list[Runtime]) -> None:
+    from broker.domain.errors import AwaitingApproval
+    from broker.workflows.engine import PARKED
+
+    clock = Clock()
+    rt, scripted = scripted_runtime(tmp_path, clock=clock, sim_step_seconds=0.0)
+    made.append(rt)
+    run_to_end(rt.worker, provision(rt, "i-1", grs_params(0)))
+
+    def awaited(_action: str, _ctx: object, n: int) -> None:
+        if n <= 2:  # a day passes, twice, before the second approver acts
+            clock.offset += 86400.0
+            raise AwaitingApproval("a second approver must delete key k-1", retry_after=900.0)
+
+    scripted.before["delete_root_key"] = awaited
+    op_id = deprovision(rt, "i-1")
+    run_to_end(rt.worker, op_id)
+    parked = op(rt, op_id)
+    assert parked.state == OperationState.IN_PROGRESS and parked.lease_owner == PARKED
+    assert parked.description.endswith(": deleting the root key: waiting: a second approver must delete key k-1")
+    assert 800 < rt.engine.expected_remaining(parked) <= 900  # last_operation's Retry-After: its next look
+    assert not rt.worker.claim(op_id)  # no worker takes it before then
+    for _ in range(2):
+        expire_lease(rt, op_id)  # its next look is due
+        run_to_end(rt.worker, op_id)
+    done = op(rt, op_id)
+    assert done.state == OperationState.SUCCEEDED, done.description
+    assert scripted.actions_of(op_id).count("delete_root_key") == 3
+    assert steps(rt, op_id)["delete_root_key"].attempts == 3

@@ -184,6 +184,9 @@ def test_transient_faults_are_retried_until_the_step_succeeds(tmp_path: Path, db
     with rt.store.read() as tx:
         step = next(s for s in tx.steps(op_id) if s.name == "create_replication_group")
     assert step.attempts == 3
+    # the last failed try was the injector's second call: two 503s, then the third try succeeded
+    assert step.error == "create_replication_group: 503 Service Unavailable (injected, call 2)"
+    assert step.state == "done"
 
 
 def test_throttling_is_retried(tmp_path: Path, db_url: str) -> None:
@@ -194,6 +197,12 @@ def test_throttling_is_retried(tmp_path: Path, db_url: str) -> None:
         assert _wait_op(rt, op_id).state == OperationState.SUCCEEDED
     finally:
         rt.worker.stop(10)
+    with rt.store.read() as tx:
+        steps = {s.name: s for s in tx.steps(op_id)}
+    # one 429, then the second try succeeded; no other step was retried
+    assert steps["enable_replication"].attempts == 2
+    assert steps["enable_replication"].error == "enable_replication: 429 Too Many Requests (injected, call 1)"
+    assert [n for n, s in steps.items() if s.attempts != 1] == ["enable_replication"]
 
 
 def test_permanent_fault_fails_and_compensates_everything_it_created(tmp_path: Path, db_url: str) -> None:

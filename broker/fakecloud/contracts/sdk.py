@@ -40,6 +40,14 @@ SERVICES = (
     SdkService("kms", "keyprotect.ibm_key_protect_api_v2", "IbmKeyProtectApiV2"),
 )
 
+# Where an SDK model's enum contradicts the service it describes: the values the service answers that the
+# enum lacks, added (and only these). ``CatalogEntry.KindEnum`` lists service, template and dashboard (its
+# own docstring names ten more kinds), yet the global catalog answers a plan's entry with kind ``plan``
+# (``get_child_objects(id, "plan")`` is how the SDK's docs find a plan) and a deployment's with ``deployment``.
+ENUM_ADDITIONS: dict[tuple[str, str, str], list[str]] = {
+    ("ibm_platform_services.global_catalog_v1", "CatalogEntry", "kind"): ["plan", "deployment"],
+}
+
 _SIMPLE = {"str": {"type": "string"}, "bool": {"type": "boolean"}, "int": {"type": "integer"},
            "float": {"type": "number"}, "datetime": {"type": "string"}, "date": {"type": "string"},
            "dict": {"type": "object"}, "object": {}, "Any": {}, "BinaryIO": {}}
@@ -101,7 +109,8 @@ class _Models:
             src = inspect.getsource(cls.from_dict)  # type: ignore[attr-defined]
         except (AttributeError, OSError, TypeError):
             return {}
-        names = re.findall(r"""_dict\.get\(["']([^"']+)["']\)""", src)
+        # a long name's read is wrapped over lines: ``_dict.get(\n    'name'\n)``
+        names = re.findall(r"""_dict\.get\(\s*["']([^"']+)["']\s*\)""", src)
         if not names:  # a polymorphic base: the answer is one of its subclasses, any shape
             return {"type": "object"}
         required = re.findall(r"""Required property \\?'([^'\\]+)\\?' not present""", src)
@@ -114,13 +123,13 @@ class _Models:
                  and issubclass(getattr(cls, n), Enum)}
         props: dict[str, Any] = {}
         for name in dict.fromkeys(names):
-            attr = re.search(rf"""_dict\.get\(["']{re.escape(name)}["']\)\)? is not None:\s*"""
+            attr = re.search(rf"""_dict\.get\(\s*["']{re.escape(name)}["']\s*\)\s*\)? is not None:\s*"""
                              r"""args\[["'](\w+)["']\]""", src)
             param = hints.get(attr.group(1) if attr else name)
             schema = self.type_schema(param.annotation) if param is not None else {}
             if name in enums:
                 target = schema["items"] if schema.get("type") == "array" else schema
-                target["enum"] = enums[name]
+                target["enum"] = enums[name] + ENUM_ADDITIONS.get((self.module.__name__, cls.__name__, name), [])
             if name not in required:
                 schema["x-nullable"] = True  # from_dict reads a null as absent
             props[name] = schema

@@ -87,10 +87,11 @@ class AccessSteps(IbmSteps):
         if ctx.plan.features.get("orchestrator") == "ksys":
             guid = self._dra_guid(ctx)
             last = (self.dra.last_operation(guid) or {}) if guid else {}
-            ip = last.get("primary_ip_address")
+            # DR Automation answers every field of its status, "" where there is no value
+            ip = last.get("primary_ip_address") or None
             credentials["orchestrator"] = {"dr_automation_instance_id": guid, "dr_automation_instance_crn":
                                            last.get("crn"), "endpoint": f"https://{ip}:3000" if ip else None,
-                                           "primary_ip": ip, "standby_ip": last.get("standby_ip_address"),
+                                           "primary_ip": ip, "standby_ip": last.get("standby_ip_address") or None,
                                            "dr_api": ep.url("dra")}
         if ctx.outputs.get("wrapped_dek"):
             credentials["kms"] = {

@@ -8,10 +8,11 @@ state with the same deadline rules, and read what earlier steps recorded from th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from broker.domain.errors import PermanentBackendError, TransientBackendError
 from broker.domain.protocols import StepContext
@@ -84,15 +85,16 @@ class IbmSteps:
         return self._ws(ctx.parameters["primary_workspace_crn"]).account
 
     def _wait(self, what: str, probe: Callable[[], tuple[bool, str]]) -> None:
-        deadline = time.monotonic() + self.config.wait_seconds
-        while True:
-            done, state = probe()
-            if done:
-                return
-            if time.monotonic() >= deadline:
-                raise TransientBackendError(f"{what}: still {state} after {self.config.wait_seconds:g}s",
-                                            retry_after=self.config.poll_seconds)
-            time.sleep(self.config.poll_seconds)
+        """Probe every ``poll_seconds`` until it answers done; still not done after ``wait_seconds``: a
+        ``TransientBackendError`` (the engine retries the step later). An error the probe raises propagates."""
+
+        def timed_out(retry_state: RetryCallState) -> None:
+            _, state = retry_state.outcome.result() if retry_state.outcome else (False, "unknown")
+            raise TransientBackendError(f"{what}: still {state} after {self.config.wait_seconds:g}s",
+                                        retry_after=self.config.poll_seconds)
+
+        Retrying(stop=stop_after_delay(self.config.wait_seconds), wait=wait_fixed(self.config.poll_seconds),
+                 retry=retry_if_result(lambda answer: not answer[0]), retry_error_callback=timed_out)(probe)
 
     def _group(self, ctx: StepContext) -> dict[str, Any] | None:
         primary, _ = self._sites(ctx)
@@ -110,7 +112,17 @@ class IbmSteps:
         return [v for v in self.powervs.list_volumes(secondary) if str(v.get("name", "")).startswith(prefix)]
 
     def _aux_group_id(self, ctx: StepContext) -> str | None:
-        _, secondary = self._sites(ctx)
+        """The auxiliary volume group at the secondary. PowerVS names it like the consistency group (IBM: "in
+        the secondary location, the name property is same as the consistencyGroupName property"), so it is
+        found by the primary group's consistencyGroupName (or the one recorded when the group was made, once
+        the primary group is gone), else through the groupID of an auxiliary volume."""
+        primary, secondary = self._sites(ctx)
+        group = self.powervs.find_volume_group(primary, Names(ctx.instance_id).group)
+        cg = (group or {}).get("consistencyGroupName") or self._recorded(ctx.instance_id, "consistency_group_name")
+        if cg:
+            for g in self.powervs.list_volume_groups(secondary):
+                if g.get("name") == cg or g.get("consistencyGroupName") == cg:
+                    return g.get("id")
         for vol in self._aux_volumes(ctx):
             detail = self.powervs.get_volume(secondary, vol["volumeID"]) or {}
             if detail.get("groupID"):

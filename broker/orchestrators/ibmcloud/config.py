@@ -10,6 +10,9 @@
   ``context``'s, else ``default``).
 - ``DRBROKER_IBMCLOUD_WAIT_SECONDS``: how long one waiting step polls before it is retried (1800).
 - ``DRBROKER_IBMCLOUD_POLL_SECONDS``: interval between polls of an IBM state (10).
+- ``DRBROKER_IBMCLOUD_APPROVAL_POLL_SECONDS``: while a deprovision waits for a second approver to delete a
+  dual-authorisation root key, how often it looks whether the key is gone (900; keep it below the plan's
+  ``maximum_polling_duration``).
 - ``DRBROKER_IBMCLOUD_TIMEOUT_SECONDS``: HTTP timeout of one call (60).
 - ``DRBROKER_IBMCLOUD_STATUS_CACHE_SECONDS``: how long an instance's replication status, as read from PowerVS
   for fetch instance, the dashboard and the RPO sampler, is reused (30; 0 = read it every time).
@@ -40,6 +43,7 @@ class IbmCloudConfig:
     resource_group_id: str | None = None
     wait_seconds: float = 1800.0
     poll_seconds: float = 10.0
+    approval_poll_seconds: float = 900.0
     timeout_seconds: float = 60.0
     status_cache_seconds: float = 30.0
     metering_resource_id: str | None = None
@@ -63,6 +67,7 @@ class IbmCloudConfig:
             resource_group_id=env.get("DRBROKER_IBMCLOUD_RESOURCE_GROUP_ID") or None,
             wait_seconds=env_float(env, "DRBROKER_IBMCLOUD_WAIT_SECONDS", 1800.0),
             poll_seconds=env_float(env, "DRBROKER_IBMCLOUD_POLL_SECONDS", 10.0),
+            approval_poll_seconds=env_float(env, "DRBROKER_IBMCLOUD_APPROVAL_POLL_SECONDS", 900.0),
             timeout_seconds=env_float(env, "DRBROKER_IBMCLOUD_TIMEOUT_SECONDS", 60.0),
             status_cache_seconds=max(0.0, env_float(env, "DRBROKER_IBMCLOUD_STATUS_CACHE_SECONDS", 30.0)),
             metering_resource_id=env.get("DRBROKER_METERING_RESOURCE_ID") or None,

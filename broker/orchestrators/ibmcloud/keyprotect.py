@@ -1,8 +1,17 @@
 """Key Protect through IBM's ``keyprotect`` package (``IbmKeyProtectApiV2``): key rings, root keys with a
 rotation and dual-authorisation policy, wrap with AAD, rotation policy updates, deletion.
 
-Bodies are the documented JSON collections (``metadata`` + ``resources``) sent as bytes; the package sets
-the ``Bluemix-Instance``, ``X-Kms-Key-Ring`` and vendor content-type headers.
+Bodies are the documented JSON collections (``metadata`` + ``resources``) sent as bytes, with the field names
+of IBM's keyprotect-go-client structs (``rotation.interval_month``, ``dualAuthDelete.enabled``); the package
+sets the ``Bluemix-Instance``, ``X-Kms-Key-Ring`` and vendor content-type headers.
+
+Lists are paged as Key Protect pages them: ``GET /keys`` answers at most ``limit`` keys (IBM's default 200,
+at most 5000) from ``offset``, sorted by id, and a page shorter than ``limit`` is the last;
+``GET /key_rings`` likewise, with ``totalCount``. Every lookup reads every page it needs.
+
+Deleting a key with a dual-authorisation policy takes two identities: ``set_for_deletion`` is the first
+approval (seven days), ``delete_key`` by *another* identity the second; Key Protect refuses the first
+approver's own DELETE with ``409 AUTHORIZATIONS_NOT_MET``, which ``delete_key`` reports as ``False``.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ibm_cloud_sdk_core import ApiException
 from ibm_cloud_sdk_core.authenticators import Authenticator
 from keyprotect import IbmKeyProtectApiV2
 
@@ -18,6 +28,19 @@ from broker.orchestrators.ibmcloud.errors import call
 
 KEY_TYPE = "application/vnd.ibm.kms.key+json"
 POLICY_TYPE = "application/vnd.ibm.kms.policy+json"
+PAGE = 5000  # Key Protect's largest page of keys or key rings: the fewest round trips
+NOT_AUTHORIZED = "AUTHORIZATIONS_NOT_MET"  # 409 reason: a dual-authorisation delete lacks its second approver
+
+
+def _reason(exc: BaseException | None) -> str | None:
+    """The first reason code of a Key Protect error answer."""
+    if not isinstance(exc, ApiException) or exc.http_response is None:
+        return None
+    try:
+        body = exc.http_response.json()
+        return str(body["resources"][0]["reasons"][0]["code"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def _collection(kind: str, resource: dict[str, Any]) -> bytes:
@@ -58,8 +81,17 @@ class KeyProtect:
 
     def key_ring_exists(self, ring: str) -> bool:
         inst = self._instance()
-        rings = self._call("GET /key_rings", lambda: self.api.list_key_rings(inst)) or {}
-        return any(r.get("id") == ring for r in rings.get("resources") or [])
+        offset = 0
+        while True:
+            page = self._call("GET /key_rings", lambda offset=offset: self.api.list_key_rings(
+                inst, limit=PAGE, offset=offset, total_count=True)) or {}
+            rings = page.get("resources") or []
+            if any(r.get("id") == ring for r in rings):
+                return True
+            offset += len(rings)
+            total = (page.get("metadata") or {}).get("totalCount")
+            if not rings or len(rings) < PAGE or (total is not None and offset >= int(total)):
+                return False
 
     def delete_key_ring(self, ring: str) -> None:
         inst = self._instance()
@@ -68,10 +100,24 @@ class KeyProtect:
 
     # keys -------------------------------------------------------------------------------------------
     def find_key(self, name: str) -> dict[str, Any] | None:
+        """The first key named ``name`` that is not destroyed, reading page after page of ``GET /keys``."""
         inst = self._instance()
-        keys = self._call("GET /keys", lambda: self.api.get_keys(inst, limit=5000)) or {}
-        return next((k for k in keys.get("resources") or [] if k.get("name") == name and k.get("state") != 5),
-                    None)
+        offset = 0
+        while True:
+            page = self._call("GET /keys", lambda offset=offset: self.api.get_keys(
+                inst, limit=PAGE, offset=offset)) or {}
+            keys = page.get("resources") or []
+            found = next((k for k in keys if k.get("name") == name and k.get("state") != 5), None)
+            if found is not None or len(keys) < PAGE:
+                return found
+            offset += len(keys)
+
+    def key_metadata(self, key_id: str) -> dict[str, Any] | None:
+        """The key's metadata (``GET /keys/{id}/metadata``): state, ``dualAuthDelete``; None when it is gone."""
+        inst = self._instance()
+        result = self._call(f"GET /keys/{key_id}/metadata", lambda: self.api.get_key_metadata(key_id, inst),
+                            allow=(404, 410))
+        return ((result or {}).get("resources") or [None])[0]
 
     def create_root_key(self, name: str, ring: str, *, rotation_months: int | None,
                         dual_auth: bool) -> dict[str, Any]:
@@ -115,6 +161,15 @@ class KeyProtect:
         self._call(f"POST /keys/{key_id}/actions/setKeyForDeletion",
                    lambda: self.api.set_key_for_deletion(key_id, inst))
 
-    def delete_key(self, key_id: str) -> None:
+    def delete_key(self, key_id: str) -> bool:
+        """Delete the key: True once it is deleted (or was already gone); False when Key Protect refuses it
+        with 409 AUTHORIZATIONS_NOT_MET (a dual-authorisation key not set for deletion, or set for deletion by
+        this same identity: another one must delete it)."""
         inst = self._instance()
-        self._call(f"DELETE /keys/{key_id}", lambda: self.api.delete_key(key_id, inst), allow=(404, 410))
+        try:
+            self._call(f"DELETE /keys/{key_id}", lambda: self.api.delete_key(key_id, inst), allow=(404, 410))
+        except PermanentBackendError as exc:
+            if _reason(exc.__cause__) == NOT_AUTHORIZED:
+                return False
+            raise
+        return True

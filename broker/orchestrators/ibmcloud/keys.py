@@ -2,14 +2,24 @@
 
 The root key protects the credentials of the instance's bindings (envelope encryption); these steps are the
 only ones that create or remove Key Protect objects.
+
+A root key with a dual-authorisation policy (``encryption.dual_auth_delete``) needs two identities to be
+deleted, and the broker is only one: ``delete_root_key`` sets the key for deletion (the first approval, valid
+seven days) and then waits (``AwaitingApproval``) for a second approver, another identity with the Manager
+role on the Key Protect instance, to delete it. The deprovision stays in progress meanwhile and says who must
+do what by when; each retry looks again, sets the key for deletion again if the approval expired, and tries
+its own DELETE when someone else gave the first approval (then the broker is the second approver). Once the
+key is gone, the step is done and ``delete_key_ring`` removes the ring.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-from broker.domain.errors import PermanentBackendError
+from broker.domain.errors import AwaitingApproval, PermanentBackendError
 from broker.domain.protocols import StepContext
 from broker.orchestrators.ibmcloud.common import IbmSteps
 from broker.orchestrators.ibmcloud.naming import Names
@@ -49,13 +59,26 @@ class KeySteps(IbmSteps):
             return {}
         key = self.kp.find_key(Names(ctx.instance_id).root_key)
         if key is None:
-            return {}
-        if key.get("dualAuthDelete", {}).get("enabled") and not key.get("deletionAuthorized"):
-            # The broker is the first approver; Key Protect wants a second identity's DELETE within 7 days
-            # (the fake accepts the broker's own; see README).
+            return {}  # never made, deleted earlier, or deleted by the second approver
+        dual = key.get("dualAuthDelete") or {}
+        if not dual.get("enabled"):
+            self.kp.delete_key(key["id"])
+            return {"deleted_key": key["id"]}
+        if not _authorised(dual):
+            # The broker gives the first approval (again, when an earlier one expired).
             self.kp.set_for_deletion(key["id"])
-        self.kp.delete_key(key["id"])
-        return {"deleted_key": key["id"]}
+            dual = (self.kp.key_metadata(key["id"]) or {}).get("dualAuthDelete") or {}
+        elif self.kp.delete_key(key["id"]):
+            # Someone else gave the first approval: the broker's DELETE was the second.
+            return {"deleted_key": key["id"]}
+        until = dual.get("authExpiration") or "the authorisation expires (7 days)"
+        raise AwaitingApproval(
+            f"Key Protect root key {key['id']} has a dual-authorisation delete policy; the broker set it for "
+            f"deletion (first approval) and a second approver must delete it: another user with the Manager "
+            f"role on Key Protect instance {self.kp.instance_id} runs `ibmcloud kp key delete {key['id']} -i "
+            f"{self.kp.instance_id}` before {until}. The deprovision continues once the key is gone (checked "
+            f"every {self.config.approval_poll_seconds:g} s; an expired approval is given again).",
+            retry_after=self.config.approval_poll_seconds)
 
     def delete_key_ring(self, ctx: StepContext) -> Mapping[str, Any]:
         if not self.kp.instance_id or not (ctx.parameters.get("encryption") or ctx.plan.features.get("byok")):
@@ -75,3 +98,16 @@ class KeySteps(IbmSteps):
             key = self.kp.find_key(Names(ctx.instance_id).root_key)
             if key is not None:
                 self.kp.set_rotation(key["id"], int(enc["rotation_interval_months"]))
+
+
+def _authorised(dual: Mapping[str, Any]) -> bool:
+    """Whether a first approval to delete the key is pending and not expired (``DualAuthKeyMetadata``)."""
+    if not dual.get("keySetForDeletion"):
+        return False
+    expires = dual.get("authExpiration")
+    if not expires:
+        return True
+    try:
+        return datetime.fromisoformat(str(expires).replace("Z", "+00:00")).timestamp() > time.time()
+    except ValueError:
+        return True

@@ -35,12 +35,20 @@ class Names:
 
     @property
     def rehearsal(self) -> str:
-        return f"{self.tag}-test"
+        # The base name of the rehearsal clones: 20 characters, as PowerVS cuts the name of a clone of several
+        # volumes to its first 20 (VolumesCloneAsyncRequest.name), so the clones carry it whole.
+        return f"{self.tag}-tst"
 
     @property
     def rehearsal_prefix(self) -> str:
-        # PowerVS names a clone "clone-<base name>-<n>"
-        return f"clone-{self.rehearsal}"
+        # PowerVS names clones "clone-<name>-<5 random digits>" (one volume) or "clone-<name[:20]>-<digits>-<n>"
+        return f"clone-{self.rehearsal}-"
+
+    @property
+    def rehearsal_prefixes(self) -> tuple[str, ...]:
+        """Every prefix a rehearsal clone of this instance may carry: today's, and the cut form of the earlier
+        21-character base name ("<tag>-test" became "<tag>-tes" on clones of several volumes)."""
+        return (self.rehearsal_prefix, f"clone-{self.tag}-tes")
 
     def binding(self, binding_id: str) -> str:
         return f"{self.tag}-{short(binding_id, 8)}"

@@ -14,6 +14,7 @@ from broker.domain.errors import PermanentBackendError
 from broker.domain.protocols import StepContext
 from broker.orchestrators.ibmcloud.common import Clients, IbmSteps
 from broker.orchestrators.ibmcloud.naming import Names
+from broker.orchestrators.ibmcloud.resources import is_gone
 from broker.orchestrators.ibmcloud.vms import VmSteps
 
 
@@ -31,18 +32,26 @@ class DrAutomationSteps(IbmSteps):
         return guid
 
     def _manage_dr_body(self, ctx: StepContext, standby: bool) -> dict[str, Any]:
+        """The ``create_manage_dr`` body, in the SDK's field names: the orchestrator VM in the secondary
+        workspace on ``orchestrator.network_ids``, reached with ``ssh_key_name`` or a Secrets Manager
+        ``secret`` in ``secret_group``; with a standby, its twin in the primary on ``standby_network_ids``."""
         primary, secondary = (self._ws(c) for c in self._sites(ctx))
         orch = ctx.parameters.get("orchestrator") or {}
         body: dict[str, Any] = {
             "location_id": secondary.zone, "machine_type": orch.get("machine_type") or "s922",
             "orchestrator_location_type": "off-premises", "orchestrator_name": orch.get("name"),
             "orchestrator_password": orch.get("password"), "orchestrator_workspace_id": secondary.guid,
+            "orchestrator_network_ids": list(orch.get("network_ids") or []) or None,
+            "ssh_key_name": orch.get("ssh_key_name"), "secret": orch.get("secret"),
+            "secret_group": orch.get("secret_group"), "region_id": secondary.region,
             "tier": orch.get("tier"), "proxy_ip": orch.get("proxy"),
             "api_key": ctx.parameters.get("ibmcloud_api_key"), "orchestrator_ha": standby,
         }
         if standby:
             body.update(standby_orchestrator_name=f"{orch.get('name')}-standby",
                         standby_orchestrator_workspace_id=primary.guid,
+                        standby_orchestrator_network_ids=list(orch.get("standby_network_ids") or []) or None,
+                        standby_ssh_key_name=orch.get("ssh_key_name"),
                         standby_machine_type=orch.get("machine_type") or "s922", standby_tier=orch.get("tier"))
         return body
 
@@ -78,7 +87,7 @@ class DrAutomationSteps(IbmSteps):
         last = self._wait_deployed(guid, standby)
         out: dict[str, Any] = {"orchestrator_id": guid, "orchestrator_crn": found.get("crn")}
         if standby:
-            out["standby_orchestrator_ip"] = last.get("standby_ip_address")
+            out["standby_orchestrator_ip"] = last.get("standby_ip_address") or None
         return out
 
     def add_sites(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -121,9 +130,9 @@ class DrAutomationSteps(IbmSteps):
         self.resources.delete_instance(guid)
 
         def probe() -> tuple[bool, str]:
+            # deleted: pending_reclamation until reclaimed (or removed); see resources.GONE_STATES
             inst = self.resources.get_instance(guid)
-            state = (inst or {}).get("state")
-            return inst is None or state == "removed", f"resource instance {state}"
+            return is_gone(inst), f"resource instance {(inst or {}).get('state')}"
         self._wait("DR Automation instance removal", probe)
         return {"removed_orchestrator": guid}
 

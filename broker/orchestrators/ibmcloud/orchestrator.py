@@ -286,6 +286,7 @@ class IbmCloudOrchestrator(IbmSteps):
         if primary:
             account = self._ws(primary).account
             found += [("service_id", s["id"]) for s in self.iam.service_ids_with_prefix(account, names.tag + "-")]
+            found += [("policy", p["id"]) for p in self.iam.policies_with_prefix(account, names.tag + "-")]
         return found
 
     # steps that span the services ---------------------------------------------------------------

@@ -1,5 +1,11 @@
 """The resource controller and global catalog (ibm-platform-services): finding the DR Automation plan and
-creating, reading and deleting its service instance."""
+creating, reading and deleting its service instance.
+
+A resource instance is ``active``, ``inactive``, ``failed``, ``provisioning``, ``pre_provisioning``,
+``pending_reclamation`` or ``removed`` (the SDK's enum also lists ``pending_removal``). A deleted instance
+waits in ``pending_reclamation`` (reclamation) until it is reclaimed; to the broker that, ``removed`` and
+``pending_removal`` are all gone: never reused by a re-provision, and the end of a removal.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,20 @@ from typing import Any
 
 from ibm_cloud_sdk_core.authenticators import Authenticator
 from ibm_platform_services import GlobalCatalogV1, ResourceControllerV2
+from ibm_platform_services.resource_controller_v2 import ResourceInstancesPager
 
 from broker.domain.errors import PermanentBackendError
 from broker.orchestrators.ibmcloud.errors import call
+from broker.orchestrators.ibmcloud.iam import _Through
 
 DRA_SERVICE = "power-dr-automation"
 DRA_PLAN = "power-virtual-server-dr-automation"
+GONE_STATES = frozenset({"pending_reclamation", "removed", "pending_removal"})
+
+
+def is_gone(instance: dict[str, Any] | None) -> bool:
+    """A resource instance that no longer exists for the broker (absent, deleted or being reclaimed)."""
+    return instance is None or instance.get("state") in GONE_STATES
 
 
 class Resources:
@@ -49,9 +63,10 @@ class Resources:
         return self._plan_id
 
     def find_instance(self, name: str) -> dict[str, Any] | None:
-        result = self._call("Resource controller GET /v2/resource_instances", lambda: self.rc.list_resource_instances(
-            name=name)) or {}
-        live = [r for r in result.get("resources") or [] if r.get("state") not in ("removed", "pending_removal")]
+        """The live instance of this name (every page read; a deleted or reclaiming one is not live)."""
+        pager = ResourceInstancesPager(client=_Through(self.rc, "Resource controller GET /v2/resource_instances",
+                                                       self.authenticator), name=name, limit=100)
+        live = [r for r in pager.get_all() if r.get("name") == name and not is_gone(r)]
         return live[0] if live else None
 
     def create_instance(self, name: str, resource_group: str, plan_id: str, tags: list[str]) -> dict[str, Any]:

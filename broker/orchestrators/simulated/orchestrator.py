@@ -305,21 +305,47 @@ class SimulatedOrchestrator:
         return {"auxiliary_volume_group_id": aux.id}
 
     def _deploy_orchestrator(self, ctx: StepContext) -> Mapping[str, Any]:
+        """Deploy the orchestrator as DR Automation does: it needs an SSH key (``ssh_key_name``) or a Secrets
+        Manager ``secret`` with its ``secret_group``, and the VM's ``network_ids`` (the standby's
+        ``standby_network_ids`` on HA plans); the recorded deployment keeps what it was deployed with."""
         _, secondary = self._sites(ctx)
         orch_params = ctx.parameters.get("orchestrator") or {}
+        standby = bool(ctx.plan.features.get("standby"))
+        self._check_deployable(orch_params, standby)
         orch = self.cloud.ensure("orchestrator", ctx.instance_id, None, "active", {
             "workspace_crn": secondary, "name": orch_params.get("name"), "ip": "10.30.0.11",
             "machine_type": orch_params.get("machine_type"), "tier": orch_params.get("tier"),
-            "proxy": orch_params.get("proxy")})
+            "proxy": orch_params.get("proxy"), **self._access(orch_params),
+            "network_ids": list(orch_params.get("network_ids") or [])})
         out: dict[str, Any] = {"orchestrator_id": orch.id}
-        if ctx.plan.features.get("standby"):
+        if standby:
             out["standby_orchestrator_id"] = self._ensure_standby(ctx).id
         return out
 
+    @staticmethod
+    def _access(orch_params: Mapping[str, Any]) -> dict[str, Any]:
+        """How the orchestrator VMs are reached: the SSH key's name, or the Secrets Manager secret's."""
+        if orch_params.get("ssh_key_name"):
+            return {"ssh_key_name": orch_params["ssh_key_name"]}
+        return {"secret": orch_params.get("secret"), "secret_group": orch_params.get("secret_group")}
+
+    @staticmethod
+    def _check_deployable(orch_params: Mapping[str, Any], standby: bool) -> None:
+        if not orch_params.get("ssh_key_name") and not (orch_params.get("secret") and orch_params.get("secret_group")):
+            raise PermanentBackendError("DR Automation: the orchestrator needs ssh_key_name, or secret and "
+                                        "secret_group")
+        if not orch_params.get("network_ids"):
+            raise PermanentBackendError("DR Automation: the orchestrator needs network_ids")
+        if standby and not orch_params.get("standby_network_ids"):
+            raise PermanentBackendError("DR Automation: the standby orchestrator needs standby_network_ids")
+
     def _ensure_standby(self, ctx: StepContext) -> Resource:
         primary, _ = self._sites(ctx)
+        orch_params = ctx.parameters.get("orchestrator") or {}
+        self._check_deployable(orch_params, True)
         return self.cloud.ensure("standby_orchestrator", ctx.instance_id, None, "active",
-                                 {"workspace_crn": primary, "ip": "10.20.0.12"})
+                                 {"workspace_crn": primary, "ip": "10.20.0.12", **self._access(orch_params),
+                                  "network_ids": list(orch_params.get("standby_network_ids") or [])})
 
     def _manage_vms(self, ctx: StepContext) -> Mapping[str, Any]:
         primary, _ = self._sites(ctx)

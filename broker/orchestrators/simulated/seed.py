@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 
+from broker.domain.sites import crn_location
 from broker.orchestrators.simulated.cloud import SimulatedCloud
 
 DEMO_ACCOUNT = "0123456789abcdef0123456789abcdef"
@@ -24,7 +25,7 @@ DEMO_WORKSPACES: dict[str, str] = {
     "dal10": "7f3c9a7e-0b4e-4c8e-9d1a-3e5f6a7b8c9d",
     "wdc07": "2b8d4e6f-1a3c-4d5e-8f90-a1b2c3d4e5f6",
     **{zone: _guid(zone) for zone in ("dal12", "wdc06", "dal14", "mad02", "eu-de-1", "lon04", "lon06",
-                                      "che03", "in-mum-1", "mon01", "tor01", "syd04", "syd05")},
+                                      "che03", "in-mum-1", "mon01", "tor01", "syd04", "syd05", "dal13", "wdc04")},
 }
 
 REPLICATION_POOL = "Tier1-Flash-1"
@@ -45,8 +46,9 @@ _OTHER_ACCOUNT_ZONES = ("dal10", "wdc07")
 
 
 def workspace_crn(zone: str, account: str = DEMO_ACCOUNT) -> str:
+    """The CRN of the demo workspace in ``zone``: dal13's and wdc04's carry ``us-south`` and ``us-east``."""
     guid = DEMO_WORKSPACES[zone] if account == DEMO_ACCOUNT else _guid(f"{account}:{zone}")
-    return f"crn:v1:bluemix:public:power-iaas:{zone}:a/{account}:{guid}::"
+    return f"crn:v1:bluemix:public:power-iaas:{crn_location(zone)}:a/{account}:{guid}::"
 
 
 def _rows() -> list[tuple[str, str, str, dict]]:
