@@ -63,6 +63,9 @@ class Runtime:
     meter: Any = None
     # Samples each ready instance's achieved RPO for the dashboard; started with the operation worker.
     rpo_sampler: Any = None
+    # Rotates the simulated Key Protect's root keys at their policy interval (simulated backend only; on IBM
+    # Cloud Key Protect rotates by the key's own policy); started with the operation worker.
+    key_rotation: Any = None
     # Set only when this start created the generated credentials file: the password, to print once.
     generated_password: str | None = None
     generated_username: str | None = None
@@ -90,7 +93,8 @@ def make_orchestrator(settings: Settings, store: Store) -> Orchestrator:
         from broker.orchestrators.simulated.orchestrator import SimulatedOrchestrator
 
         return SimulatedOrchestrator(store.engine, step_seconds=settings.sim_step_seconds,
-                                     faults=settings.sim_faults)
+                                     faults=settings.sim_faults, month_seconds=settings.sim_month_seconds,
+                                     approval_poll_seconds=settings.sim_approval_poll_seconds)
     if settings.orchestrator == "ibmcloud":
         from broker.orchestrators.ibmcloud.config import IbmCloudConfig
         from broker.orchestrators.ibmcloud.orchestrator import IbmCloudOrchestrator
@@ -174,8 +178,21 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.authenticators = make_authenticators(settings, runtime)
     runtime.meter = make_meter(settings, runtime)
     runtime.rpo_sampler = RpoSampler(store, orchestrator, interval=settings.rpo_sample_seconds)
+    runtime.key_rotation = make_key_rotation(orchestrator)
     wf_engine.observer = metrics.MetricsObserver()
     return runtime
+
+
+def make_key_rotation(orchestrator: Orchestrator) -> Any:
+    """The simulated Key Protect's rotation job (None on other backends)."""
+    from broker.orchestrators.simulated.keyprotect import SimKeyProtect
+
+    kp = getattr(orchestrator, "kp", None)
+    if not isinstance(kp, SimKeyProtect):
+        return None
+    from broker.orchestrators.simulated.rotation import SimKeyRotation
+
+    return SimKeyRotation(kp)
 
 
 def make_meter(settings: Settings, runtime: Runtime) -> Any:

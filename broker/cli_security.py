@@ -34,7 +34,7 @@ def _operator() -> str:
 
 @click.group()
 def keys() -> None:
-    """Secrets at rest: the key-encryption key (KEK)."""
+    """Keys: the key-encryption key (KEK) of secrets at rest; approving a root key's deletion."""
 
 
 @keys.command("status")
@@ -98,6 +98,60 @@ def keys_rotate(batch: int, grace: float) -> None:
     click.echo(f"done in {seconds:.2f}s: {total.rewrapped} data key(s) re-wrapped under {new}; "
                f"retired {', '.join(retired) or 'nothing'}")
     engine.dispose()
+
+
+@keys.command("approve-deletion")
+@click.argument("instance_id")
+@click.option("--approver", required=True, help="who approves: another identity than the one that set the key for "
+                                                 "deletion (the broker's worker, drbroker-worker)")
+def keys_approve_deletion(instance_id: str, approver: str) -> None:
+    """Second approval of the deletion of an instance's dual-authorisation root key (simulated Key Protect).
+
+    Deprovisioning an instance whose root key has a dual-authorisation policy (encryption.dual_auth_delete) sets
+    the key for deletion and waits; this command, run by another person, approves it, and the deprovision then
+    deletes the key and finishes (a running broker picks it up at its next poll). Every attempt, refused ones
+    included, is written to the audit trail.
+    """
+    from broker.app import make_envelope
+    from broker.domain.catalog import load_catalog
+    from broker.domain.errors import BrokerError, CatalogError
+    from broker.orchestrators.simulated.cloud import SimulatedCloud
+    from broker.orchestrators.simulated.keyprotect import SimKeyProtect
+    from broker.security.audit import AuditEvent, AuditTrail
+    from broker.services.operations import OperationsAdmin
+    from broker.store.repository import Store
+
+    settings = Settings.from_env()
+    if settings.orchestrator != "simulated":
+        raise click.ClickException(
+            "on IBM Cloud Key Protect itself counts the approvals: the second approver deletes the key with their "
+            "own identity (`ibmcloud kp key delete KEY_ID -i KP_INSTANCE_ID`, as the deprovision's last_operation "
+            "says); the broker notices at its next look")
+    engine = _engine(settings)
+    store = Store(engine, sealer=make_envelope(settings))
+    trail = AuditTrail(store)
+    principal = _operator()
+    try:
+        auth = SimKeyProtect(SimulatedCloud(engine)).approve_deletion(instance_id, approver=approver)
+    except BrokerError as exc:
+        trail.append(AuditEvent(action="keys:approve-deletion", principal=principal, instance_id=instance_id,
+                                status=422, outcome="refused", detail={"approver": approver,
+                                                                       "reason": exc.description[:500]}))
+        engine.dispose()
+        raise click.ClickException(exc.description) from None
+    try:
+        resumed = OperationsAdmin(store, load_catalog(settings.catalog_path)).resume_parked(instance_id)
+    except CatalogError:
+        resumed = None  # the waiting step looks again when its wait ends
+    trail.append(AuditEvent(action="keys:approve-deletion", principal=principal, instance_id=instance_id,
+                            operation_id=resumed.id if resumed else None, status=200, outcome="ok",
+                            detail={"approver": approver, "key_id": auth.get("key_id"),
+                                    "set_by": auth.get("set_by")}))
+    engine.dispose()
+    click.echo(f"deletion of root key {auth.get('key_id')} of instance {instance_id} approved by {approver} (first "
+               f"approval by {auth.get('set_by')}); "
+               + (f"operation {resumed.id} deletes it at a running broker's next poll" if resumed else
+                  "the waiting deprovision deletes it when it next looks"))
 
 
 @click.group()

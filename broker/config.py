@@ -34,6 +34,10 @@ class Settings:
     orchestrator: str = "simulated"
     sim_step_seconds: float = 1.0
     sim_faults: str = ""
+    # The simulated Key Protect's calendar: seconds in a month of a root key's rotation interval, and how often
+    # a deprovision waiting for a second approver of a dual-authorisation key looks again.
+    sim_month_seconds: float = 30 * 86400.0
+    sim_approval_poll_seconds: float = 60.0
     catalog_path: str = field(default_factory=_catalog_default)
     log_level: str = "INFO"
     log_format: str = "text"
@@ -73,6 +77,8 @@ class Settings:
             orchestrator=env.get("DRBROKER_ORCHESTRATOR") or "simulated",
             sim_step_seconds=env_float(env, "DRBROKER_SIM_STEP_SECONDS", 1.0),
             sim_faults=env.get("DRBROKER_SIM_FAULTS", ""),
+            sim_month_seconds=env_float(env, "DRBROKER_SIM_MONTH_SECONDS", 30 * 86400.0),
+            sim_approval_poll_seconds=env_float(env, "DRBROKER_SIM_APPROVAL_POLL_SECONDS", 60.0),
             catalog_path=env.get("DRBROKER_CATALOG") or _catalog_default(),
             log_level=(env.get("DRBROKER_LOG_LEVEL") or "INFO").upper(),
             log_format="json" if (env.get("DRBROKER_LOG_FORMAT") or "").lower() == "json" else "text",

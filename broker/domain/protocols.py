@@ -29,6 +29,8 @@ class StepContext:
     binding_parameters: Mapping[str, Any] = field(default_factory=dict)
     bind_resource: Mapping[str, Any] = field(default_factory=dict)
     outputs: Mapping[str, Any] = field(default_factory=dict)
+    # when the operation started running (epoch seconds): a rehearsal measures its RTO from here
+    operation_started_at: float | None = None
 
 
 @dataclass(frozen=True)

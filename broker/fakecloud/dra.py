@@ -5,6 +5,7 @@ A DR Automation instance is a resource-controller instance (``platform``) whose 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -58,6 +59,22 @@ def register(app: Flask, S: FakeState) -> None:
         if ha and not body.get("standby_orchestrator_name"):
             raise FakeError(400, "missing_parameter", "standby_orchestrator_name is required with orchestrator_ha")
         return jsonify(S.deploy(guid, body, request.args.get("stand_by_redeploy") == "true")), 202
+
+    @app.put("/drautomation/v1/apikey/<guid>")
+    def dra_apikey(guid: str) -> Any:
+        """The customer API key the orchestrator works with (``update_apikey``): kept as a fingerprint only."""
+        dra_instance(guid)
+        body = json_body()
+        need(body, "api_key")
+        key = str(body["api_key"])
+        if not key or key.startswith("invalid"):
+            raise FakeError(400, "invalid_api_key", "api_key: the API key could not be validated")
+        dep = S.deployments.get(guid)
+        if dep is None:
+            raise FakeError(404, "deployment_not_found", f"DR Automation instance {guid} has no orchestrator")
+        dep["api_key_sha256"] = hashlib.sha256(key.encode()).hexdigest()
+        dep["api_key_updates"] = int(dep.get("api_key_updates") or 0) + 1
+        return jsonify({"id": f"apikey-{guid[:8]}", "status": "Active", "description": "API key validated"})
 
     # every field of IBM's ServiceInstanceStatus is required: before a deployment they are empty
     STATUS_FIELDS = ("deployment_name", "last_updated_orchestrator_deployment_time",

@@ -22,6 +22,17 @@ from broker.fakecloud.state import (
 )
 from broker.orchestrators.simulated.seed import DEMO_ACCOUNT as DEMO_ACCOUNT_ID
 
+# IAM resource attribute names (IamPolicyManagementV1 ``ResourceAttribute.name``; IBM Cloud docs, "Assigning
+# access by using the API"), and the roles the services the broker grants on define: a role a service does not
+# define is refused (400), as IAM does.
+RESOURCE_ATTRIBUTES = {"accountId", "serviceName", "serviceInstance", "region", "resourceType", "resource",
+                       "resourceGroupId", "serviceType", "organizationId", "spaceId"}
+PLATFORM_ROLES = {"Viewer", "Operator", "Editor", "Administrator"}
+SERVICE_ROLES: dict[str, set[str] | None] = {
+    "power-iaas": {"Reader", "Manager"},
+    "kms": {"Reader", "ReaderPlus", "Writer", "Manager", "KeyPurge"},
+}
+
 
 def register(app: Flask, S: FakeState) -> None:
     """Add this service's routes to the fake's ``app``, serving from ``S``."""
@@ -132,9 +143,20 @@ def register(app: Flask, S: FakeState) -> None:
             raise FakeError(400, "invalid_subject", "subjects[0] needs an iam_id or access_group_id attribute")
         if not resource.get("accountId"):
             raise FakeError(400, "invalid_resource", "resources[0] needs an accountId attribute")
+        unknown = sorted(set(resource) - RESOURCE_ATTRIBUTES)
+        if unknown:
+            raise FakeError(400, "invalid_resource", f"resources[0].attributes: unknown attribute name(s) "
+                                                     f"{', '.join(unknown)}")
         roles = [r.get("role_id") for r in body["roles"]]
         if not roles or not all(str(r).startswith("crn:v1:bluemix:public:iam::::") for r in roles):
             raise FakeError(400, "invalid_role", "roles[].role_id must be IAM role CRNs")
+        service = resource.get("serviceName")
+        for role in roles:
+            kind, _, name = str(role).removeprefix("crn:v1:bluemix:public:iam::::").partition(":")
+            allowed = PLATFORM_ROLES if kind == "role" else SERVICE_ROLES.get(str(service)) if kind == "serviceRole" \
+                else set()
+            if allowed is not None and name not in allowed:
+                raise FakeError(400, "invalid_role", f"role {role} is not a role of service {service}")
         for p in S.policies.values():
             if (p["subjects"], p["resources"], p["roles"]) == (body["subjects"], body["resources"], body["roles"]):
                 raise FakeError(409, "policy_conflict_error", f"Failed to create policy: an identical policy {p['id']} "

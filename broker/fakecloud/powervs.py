@@ -259,6 +259,18 @@ def register(app: Flask, S: FakeState) -> None:
         ws(guid)
         return jsonify({"pvmInstances": [vm_view(guid, vm, reference=True) for vm in S.vms[guid].values()]})
 
+    @app.post(P + "/pvm-instances")
+    def pv_vm_create(guid: str) -> Any:
+        ws(guid)
+        # pcloud.pvminstances.post answers a PVMInstanceList (201: created, still BUILD)
+        return jsonify([vm_view(guid, vm) for vm in S.create_vms(guid, json_body())]), 201
+
+    @app.delete(P + "/pvm-instances/<vm_id>")
+    def pv_vm_delete(guid: str, vm_id: str) -> Any:
+        ws(guid)
+        S.delete_vm(guid, vm_id)  # 404 unknown, 410 while a deletion is under way
+        return jsonify({}), 200  # pcloud.pvminstances.delete answers 200 (Object)
+
     @app.get(P + "/pvm-instances/<vm_id>")
     def pv_vm(guid: str, vm_id: str) -> Any:
         ws(guid)

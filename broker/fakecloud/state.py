@@ -267,6 +267,8 @@ class FakeState:
             raise FakeError(410, "gone", f"volume {vid} is already being deleted")
         if vol["groupID"]:
             raise FakeError(400, "bad request", f"volume {vid} is part of volume group {vol['groupID']}")
+        if vol["pvmInstanceIDs"]:
+            raise FakeError(400, "bad request", f"volume {vid} is attached to {', '.join(vol['pvmInstanceIDs'])}")
         vol["state"] = "deleting"
         self.schedule(1, lambda: self.volumes[guid].pop(vid, None))
 
@@ -560,6 +562,50 @@ class FakeState:
             return
         vm["status"] = "BUILD" if target == "ACTIVE" else "SHUTOFF" if action == "immediate-shutdown" else "ACTIVE"
         self.schedule(1, lambda: vm.update(status=target))
+
+    BOOT_STEPS = 2  # a created VM is BUILD for this many steps, then ACTIVE
+
+    def create_vms(self, guid: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """POST .../pvm-instances (``PVMInstanceCreate``; the middleware has checked its required fields): the
+        VM is BUILD, attaches its ``volumeIDs`` (which must be available, or shareable) and is ACTIVE after
+        ``BOOT_STEPS``. A serverName already in the workspace is refused (409)."""
+        name = body["serverName"]
+        if any(v["serverName"] == name for v in self.vms[guid].values()):
+            raise FakeError(409, "conflict", f"a pvm-instance named {name} already exists")
+        vids = body.get("volumeIDs") or []
+        for vid in vids:
+            vol = self.volume(guid, vid)
+            if vol["state"] not in ("available", "in-use") or (vol["pvmInstanceIDs"] and not vol["shareable"]):
+                raise FakeError(400, "bad request", f"volume {vid} is {vol['state']} and cannot be attached")
+        vid = _uuid()
+        vm = {"pvmInstanceID": vid, "serverName": name, "status": "BUILD", "processors": body["processors"],
+              "memory": body["memory"], "procType": body["procType"], "imageID": body["imageID"], "osType": "aix",
+              "volumeIDs": list(vids), "networkIDs": list(body.get("networkIDs") or []), "owner": "api"}
+        for v in vids:
+            self.volumes[guid][v].update(pvmInstanceIDs=[vid], state="in-use")
+        self.vms[guid][vid] = vm
+        self.schedule(self.BOOT_STEPS, lambda: vm.update(status="ACTIVE") if vm["status"] == "BUILD" else None)
+        return [vm]
+
+    def delete_vm(self, guid: str, vm_id: str) -> None:
+        """DELETE .../pvm-instances/{id}: 404 unknown, 410 while its deletion is under way; its volumes are
+        detached (and kept) once it is gone."""
+        vm = self.vms[guid].get(vm_id)
+        if vm is None:
+            raise FakeError(404, "not found", f"pvm-instance {vm_id} not found")
+        if vm["status"] == "DELETING":
+            raise FakeError(410, "gone", f"pvm-instance {vm_id} is already being deleted")
+        vm["status"] = "DELETING"
+
+        def gone() -> None:
+            self.vms[guid].pop(vm_id, None)
+            for v in vm.get("volumeIDs") or []:
+                vol = self.volumes[guid].get(v)
+                if vol is not None:
+                    vol["pvmInstanceIDs"] = [i for i in vol["pvmInstanceIDs"] if i != vm_id]
+                    if not vol["pvmInstanceIDs"] and vol["state"] == "in-use":
+                        vol["state"] = "available"
+        self.schedule(1, gone)
 
     # Key Protect ----------------------------------------------------------------------------------
     def kp(self, instance: str | None) -> dict[str, Any]:

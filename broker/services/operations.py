@@ -39,7 +39,7 @@ from broker.domain.models import (
 )
 from broker.store.repository import Store
 from broker.workflows.definitions import Step, steps_for
-from broker.workflows.engine import deadline, polling_limit, record_failure
+from broker.workflows.engine import PARKED, deadline, polling_limit, record_failure
 
 ABANDONED = "abandoned by operator"
 
@@ -203,6 +203,20 @@ class OperationsAdmin:
             if any(s.compensation for s in planned[: failed_idx + 1]):
                 return 0
         return op.step_index
+
+    def resume_parked(self, instance_id: str) -> Operation | None:
+        """Let a worker run the waiting step of the instance's parked operation (``engine._park``) at its next
+        poll instead of when the wait ends, e.g. once the person it waits for has acted; None when no
+        operation of the instance is parked."""
+        now = self.clock()
+        with self.store.write() as tx:
+            parked = next((o for o in tx.active_operations(instance_id) if o.lease_owner == PARKED), None)
+            if parked is None:
+                return None
+            if not tx.update_operation(parked.id, expect={"lease_owner": PARKED, "state": OperationState.IN_PROGRESS},
+                                       lease_until=now):
+                return None
+            return tx.get_operation(parked.id)
 
     def abandon(self, op_id: str) -> Operation:
         """End a queued or in-progress operation as failed, "abandoned by operator"."""

@@ -43,7 +43,12 @@ from broker.domain.models import (
     OperationType,
 )
 from broker.domain.protocols import Orchestrator
-from broker.services.dr_validation import validate_dr_parameters
+from broker.services.dr_validation import (
+    check_bind_parameters,
+    check_customer_api_key,
+    check_encryption_change,
+    validate_dr_parameters,
+)
 from broker.services.requests import (
     BindRequest,
     Caller,
@@ -157,6 +162,7 @@ class BrokerService:
                 raise BadRequest(f"{' and '.join(missing)}: required when the request has no context.platform")
         self._check_maintenance(plan, req.maintenance_version)
         params = validate_parameters(req.parameters, plan.parameter_schema("provision"))
+        check_customer_api_key(plan, params)
         if not req.accepts_incomplete:
             raise AsyncRequired("provisioning disaster recovery takes minutes; retry with accepts_incomplete=true")
         account = validate_dr_parameters(plan, params, self.orchestrator, req.instance_id) or \
@@ -250,8 +256,13 @@ class BrokerService:
             if req.parameters is not None:
                 changes = validate_parameters(req.parameters, target.parameter_schema("update"),
                                               apply_defaults=False)
+                check_customer_api_key(target, changes)
+                if isinstance(changes.get("encryption"), dict) and isinstance(new_params.get("encryption"), dict):
+                    # encryption is changed field by field: the fields an update leaves out keep their values
+                    changes["encryption"] = {**new_params["encryption"], **changes["encryption"]}
                 new_params.update(changes)
             new_params = validate_parameters(new_params, target.parameter_schema("provision"))
+            check_encryption_change(inst.parameters, new_params)
             if new_params != inst.parameters or target.id != current.id:
                 validate_dr_parameters(target, new_params, self.orchestrator, inst.id)
             maintenance = req.maintenance_version or inst.maintenance_version
@@ -265,6 +276,9 @@ class BrokerService:
                 request_hash=digest, caller=req.caller,
                 payload={"target_plan_id": target.id if target.id != current.id else None,
                          "target_parameters": new_params,
+                         # a new ibmcloud_api_key is handed to DR Automation, not only stored
+                         "rotate_api_key": new_params.get("ibmcloud_api_key") != inst.parameters.get(
+                             "ibmcloud_api_key"),
                          "target_maintenance_version": maintenance if maintenance != inst.maintenance_version
                          else None})
             tx.insert_operation(op)
@@ -416,6 +430,12 @@ class BrokerService:
             body["maintenance_info"] = {"version": inst.maintenance_version}
         return body
 
+    def _rto_target_seconds(self, inst: Instance) -> float | None:
+        """The plan's RTO target (catalog feature ``rto_target_minutes``), which every rehearsal is held to."""
+        plan = self.catalog.plan(inst.plan_id)
+        minutes = plan.features.get("rto_target_minutes") if plan else None
+        return minutes * 60 if minutes else None
+
     def dr_attributes(self, inst: Instance) -> dict[str, Any]:
         """Live DR state: replication, active site, achieved RPO against target, last rehearsal and RTO."""
         dr = inst.dr_state or {}
@@ -426,6 +446,8 @@ class BrokerService:
             "rpo_target_seconds": target_min * 60 if target_min else None,
             "last_rehearsal_at": _iso(dr.get("last_rehearsal_at")),
             "last_rehearsal_rto_seconds": dr.get("last_rehearsal_rto_seconds"),
+            "last_rehearsal_rto_met": dr.get("last_rehearsal_rto_met"),
+            "rto_target_seconds": self._rto_target_seconds(inst),
         }
         status = self.orchestrator.replication_status(inst.id)
         if status is not None:
@@ -460,6 +482,7 @@ class BrokerService:
         if not service.bindable(plan):
             raise BadRequest(f"plan_id: plan {plan.name!r} is not bindable")
         params = validate_parameters(req.parameters, plan.parameter_schema("bind"))
+        check_bind_parameters(plan, params)
         digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
                               bind_resource=req.bind_resource, app_guid=req.app_guid)
         now = self.clock()
@@ -484,7 +507,7 @@ class BrokerService:
                     updated_at=now)
                 op = self._new_operation(instance_id=inst.id, binding_id=req.binding_id,
                                          op_type=OperationType.BIND, plan_id=req.plan_id, request_hash=digest,
-                                         caller=req.caller)
+                                         caller=req.caller, payload={"purpose": params.get("purpose")})
                 if existing is None:
                     tx.insert_binding(binding)
                 else:

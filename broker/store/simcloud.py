@@ -61,6 +61,12 @@ class SimResourceRows:
         with writer_lock(self.engine), self.engine.begin() as conn:
             conn.execute(_UPDATE, {"k_id": resource_id, "state": state, "data": data, "updated_at": updated_at})
 
+    def update_if(self, resource_id: str, *, expect_data: str, state: str, data: str, updated_at: float) -> bool:
+        """``update`` only while the row's data is still ``expect_data`` (compare-and-set); False otherwise."""
+        stmt = update(sim_resources).where(sim_resources.c.id == resource_id, sim_resources.c.data == expect_data)
+        with writer_lock(self.engine), self.engine.begin() as conn:
+            return conn.execute(stmt, {"state": state, "data": data, "updated_at": updated_at}).rowcount > 0
+
     def by_id(self, resource_id: str) -> Any:
         with self.engine.connect() as conn:
             return conn.execute(select(sim_resources).where(sim_resources.c.id == resource_id)).first()

@@ -2,9 +2,11 @@
 
 A step names an orchestrator action; ``compensation`` names the action that undoes it when a later step
 fails permanently. Plans select optional parts through their catalog ``features``:
-``orchestrator: ksys`` (deploy KSYS), ``standby: true`` (a standby orchestrator), ``byok: true`` (Key Protect
-keys), ``rehearsal_only: true`` (only test failovers). Day-2 DR actions arrive as updates whose payload
-carries ``dr_action``; ``DR_ACTIONS`` says what each requires of the instance's DR state and what it changes.
+``orchestrator: ksys`` (deploy KSYS; only then do moves stop and start VMs, and only the managed ones),
+``rto_target_minutes`` (what a rehearsal's measured RTO is compared with), ``standby: true`` (a standby
+orchestrator), ``byok: true`` (Key Protect keys), ``rehearsal_only: true`` (only test failovers). Day-2 DR
+actions arrive as updates whose payload carries ``dr_action``; ``DR_ACTIONS`` says what each requires of the
+instance's DR state and what it changes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.domain import recovery
 from broker.domain.catalog import Plan
 from broker.domain.models import OperationType
 
@@ -84,6 +87,9 @@ def _update(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
     if action:
         return DR_ACTIONS[action["type"]].steps(plan, action)
     steps = [Step("apply_parameters", "applying parameters")]
+    if payload.get("rotate_api_key") and plan.features.get("orchestrator") == "ksys":
+        # the update carries a new ibmcloud_api_key: DR Automation's orchestrator gets it
+        steps.append(Step("update_orchestrator_api_key", "handing the new API key to DR Automation"))
     if plan.features.get("byok"):
         steps += [Step("create_key_ring", "creating key ring"), Step("create_root_key", "creating root key")]
     if plan.features.get("orchestrator") == "ksys":
@@ -92,9 +98,26 @@ def _update(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
     return steps
 
 
-def _bind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
-    steps = [Step("create_service_id", "creating the service ID", "delete_service_id")]
+def bind_purpose(plan: Plan, payload: Mapping[str, Any]) -> str:
+    """The binding's ``purpose`` (bind parameter): the bind service puts it in the operation's payload; a bind
+    queued before it did falls back to what such a binding received then (byok plans: a wrapped data key)."""
+    purpose = payload.get("purpose")
+    if purpose:
+        return str(purpose)
     if plan.features.get("byok"):
+        return "kms-dek"
+    return "orchestrator" if plan.features.get("orchestrator") == "ksys" else "readonly"
+
+
+def _bind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
+    # Every binding: an identity, an access policy on each of the instance's workspaces (the role follows the
+    # bind parameters ``purpose`` and ``role``), and the credentials. ``kms-dek`` adds Reader on the root key
+    # and a wrapped data key.
+    steps = [
+        Step("create_service_id", "creating the service ID", "delete_service_id"),
+        Step("grant_workspace_access", "granting access to the two workspaces", "revoke_access"),
+    ]
+    if bind_purpose(plan, payload) == "kms-dek":
         steps += [
             Step("grant_key_access", "granting Reader on the root key", "revoke_key_access"),
             Step("wrap_key", "wrapping a data key"),
@@ -106,7 +129,7 @@ def _bind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
 def _unbind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
     return [
         Step("revoke_credentials", "revoking credentials"),
-        Step("revoke_key_access", "revoking key access"),
+        Step("revoke_access", "revoking every access policy of the binding"),
         Step("delete_service_id", "deleting the service ID"),
     ]
 
@@ -129,14 +152,36 @@ def _active(state: Mapping[str, Any]) -> str:
     return state.get("active_site", "primary")
 
 
+def moves_vms(plan: Plan) -> bool:
+    """Whether the plan's moves stop and start VMs: only with a DR orchestrator (``orchestrator: ksys``), and
+    then only the VMs the instance manages. ``orchestrator: none`` (grs-async: "you own the standby VMs")
+    moves the replicas alone and touches no VM."""
+    return recovery.moves_vms(plan.features)
+
+
 def _failover_steps(plan: Plan, action: Mapping[str, Any]) -> list[Step]:
+    vms = moves_vms(plan)
     steps = [Step("check_replication", "checking replication")] if action.get("mode") != "unplanned" else []
-    if action.get("mode") != "unplanned":
+    if action.get("mode") != "unplanned" and vms:
         steps.append(Step("stop_primary_vms", "stopping VMs at the primary site"))
+    steps.append(Step("failover_replication", "stopping replication with access at the secondary"))
+    if vms:
+        steps.append(Step("start_secondary_vms", "starting VMs at the secondary site"))
+    return steps
+
+
+def _failback_steps(plan: Plan, action: Mapping[str, Any]) -> list[Step]:
+    vms = moves_vms(plan)
+    steps = [Step("stop_secondary_vms", "stopping VMs at the secondary site")] if vms else []
     steps += [
-        Step("failover_replication", "stopping replication with access at the secondary"),
-        Step("start_secondary_vms", "starting VMs at the secondary site"),
+        Step("reverse_replication", "resyncing changes from the secondary to the primary"),
+        Step("wait_reverse_consistent", "waiting for the reverse copy to be consistent"),
+        Step("stop_reverse_with_access", "stopping the reverse copy with access at the primary"),
+        Step("restart_replication", "restarting replication from the primary"),
+        Step("wait_consistent_copying", "waiting for consistent_copying"),
     ]
+    if vms:
+        steps.append(Step("start_primary_vms", "starting VMs at the primary site"))
     return steps
 
 
@@ -168,15 +213,7 @@ DR_ACTIONS: dict[str, DrAction] = {a.name: a for a in (
         "failback", real_move=True,
         allowed=lambda s: None if _active(s) == "secondary" else "failback needs a failover first: the primary "
                                                                  "site is active",
-        build=lambda plan, a: [
-            Step("stop_secondary_vms", "stopping VMs at the secondary site"),
-            Step("reverse_replication", "resyncing changes from the secondary to the primary"),
-            Step("wait_reverse_consistent", "waiting for the reverse copy to be consistent"),
-            Step("stop_reverse_with_access", "stopping the reverse copy with access at the primary"),
-            Step("restart_replication", "restarting replication from the primary"),
-            Step("wait_consistent_copying", "waiting for consistent_copying"),
-            Step("start_primary_vms", "starting VMs at the primary site"),
-        ],
+        build=_failback_steps,
         result={"active_site": "primary"}),
     DrAction(
         "resync", real_move=False,
@@ -202,9 +239,21 @@ def steps_for(op_type: OperationType, plan: Plan, payload: Mapping[str, Any] | N
     return tuple(_BUILDERS[op_type](plan, payload or {}))
 
 
+def bind_purposes(plan: Plan) -> list[str]:
+    """The bind ``purpose`` values the plan's bind schema offers."""
+    schema = plan.parameter_schema("bind") or {}
+    return list(((schema.get("properties") or {}).get("purpose") or {}).get("enum") or [])
+
+
+def variants(plan: Plan) -> list[Mapping[str, Any]]:
+    """The payloads besides DR actions that change a workflow's steps: a bind's purpose, an update's new API
+    key."""
+    return [{"rotate_api_key": True}, *({"purpose": p} for p in bind_purposes(plan))]
+
+
 def all_actions(plan: Plan) -> set[str]:
     """Every action any workflow of ``plan`` may call (steps and compensations), day-2 included."""
-    payloads: list[Mapping[str, Any]] = [{}]
+    payloads: list[Mapping[str, Any]] = [{}, *variants(plan)]
     payloads += [{"dr_action": {"type": name, "mode": mode}} for name in DR_ACTIONS
                  for mode in ("planned", "unplanned")]
     names: set[str] = set()

@@ -59,7 +59,8 @@ def test_fetch_instance_while_an_update_runs_returns_422_concurrency_error(ready
 
 
 def test_fetch_instance_never_returns_the_api_key(osb, worker):
-    osb.ready("i-1", params={**GRS_PARAMS, "ibmcloud_api_key": API_KEY})
+    # (a KSYS plan: grs-async refuses the key, it runs no orchestrator to use it)
+    osb.ready("i-1", KSYS_PLAN, {**KSYS_PARAMS, "ibmcloud_api_key": API_KEY})
     r = osb.get(INST)
     assert r.status_code == 200
     assert "ibmcloud_api_key" not in r.json["parameters"]
@@ -76,7 +77,8 @@ def test_fetch_instance_never_returns_the_orchestrator_password(osb, worker):
     assert KSYS_PARAMS["orchestrator"]["password"] not in r.get_data(as_text=True)
 
 
-def test_fetch_instance_after_an_update_with_a_new_api_key_still_hides_it(ready_db, osb, worker):
+def test_fetch_instance_after_an_update_with_a_new_api_key_still_hides_it(osb, worker):
+    osb.ready("i-1", KSYS_PLAN, KSYS_PARAMS)
     r = osb.patch(f"{INST}?accepts_incomplete=true",
                   {"service_id": SERVICE_ID, "parameters": {"ibmcloud_api_key": API_KEY}})
     assert r.status_code == 202
@@ -91,12 +93,12 @@ def test_fetch_instance_with_invalid_id_returns_400(osb):
 # --- binding -------------------------------------------------------------------------------------------
 
 def test_fetch_binding_returns_200_with_credentials_parameters_and_metadata(ready_db, osb, worker):
-    created = osb.bind("i-1", "b-1", parameters={"purpose": "orchestrator"})
+    created = osb.bind("i-1", "b-1", parameters={"purpose": "readonly"})
     assert created.status_code == 201
     r = osb.get(f"{BIND}?service_id={SERVICE_ID}&plan_id={GRS_PLAN}")
     assert r.status_code == 200
     assert r.json["credentials"] == created.json["credentials"]
-    assert r.json["parameters"] == {"purpose": "orchestrator", "role": "Reader"}
+    assert r.json["parameters"] == {"purpose": "readonly", "role": "Reader"}
     assert "metadata" in r.json
 
 

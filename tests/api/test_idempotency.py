@@ -94,12 +94,12 @@ def test_bind_different_attributes_while_running_returns_409(ready_db, osb, work
     worker.worker.stop(timeout=10)
     osb.put(BIND + ASYNC, bind_body())
     before = snapshot(worker)
-    r = osb.put(BIND + ASYNC, bind_body(parameters={"role": "Writer"}))
+    r = osb.put(BIND + ASYNC, bind_body(parameters={"role": "Reader"}))
     assert_rejected(worker, before, r, 409, "Conflict")
 
 
 @pytest.mark.parametrize("change", [
-    {"parameters": {"purpose": "orchestrator"}},
+    {"parameters": {"purpose": "readonly"}},
     {"bind_resource": {"app_guid": "other-app"}},
     {"app_guid": "other-app"},
 ])

@@ -31,6 +31,7 @@ from broker.fakecloud.state import DEMO_KMS_INSTANCE_ID
 from broker.orchestrators.ibmcloud.naming import Names
 from broker.orchestrators.simulated.seed import DEMO_ACCOUNT
 from tests.conftest import make_settings
+from tests.e2e.conftest import wait_until
 from tests.ibmfake import FakeAdmin, fake_cloud, ibmcloud_env
 from tests.services.conftest import DR, params_for
 
@@ -219,16 +220,6 @@ def _last(dr: DR, iid: str) -> Any:
     return r
 
 
-def _until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout}s")
-
-
 def _root_keys(fake: Any, iid: str) -> list[dict[str, Any]]:
     return [k for k in FakeAdmin(fake.url).state()["keys"] if k["name"] == Names(iid).root_key]
 
@@ -240,7 +231,7 @@ def test_deprovision_of_a_dual_auth_key_waits_for_a_second_approver(dr: DR, fake
     (key,) = _root_keys(fake, "c-dual")
     r = dr.deprovision("c-dual", plan=dr.pid(PLAN))
     assert r.status_code == 202, r.get_data(as_text=True)
-    waiting = _until(lambda: (lambda r: r if "second approver" in r.json["description"] else None)(
+    waiting = wait_until(lambda: (lambda r: r if "second approver" in r.json["description"] else None)(
         _last(dr, "c-dual")), 20, "deprovision reports that a second approver is needed")
     text = waiting.json["description"]
     assert waiting.json["state"] == "in progress", text
@@ -275,13 +266,13 @@ def test_dual_auth_wait_sets_an_expired_authorisation_again(dr: DR, fake: Any) -
     dr.ready_plan("c-exp", PLAN, params)
     (key,) = _root_keys(fake, "c-exp")
     dr.deprovision("c-exp", plan=dr.pid(PLAN))
-    _until(lambda: "second approver" in _last(dr, "c-exp").json["description"], 20, "waiting for an approver")
+    wait_until(lambda: "second approver" in _last(dr, "c-exp").json["description"], 20, "waiting for an approver")
     sets = lambda: [x for x in FakeAdmin(fake.url).requests()  # noqa: E731
                     if x["path"] == f"/api/v2/keys/{key['id']}/actions/setKeyForDeletion" and x["status"] == 204]
-    _until(lambda: len(sets()) >= 2, 10, "the expired authorisation set again")
+    wait_until(lambda: len(sets()) >= 2, 10, "the expired authorisation set again")
     r = kms(fake.url, "DELETE", f"/keys/{key['id']}", other_person(fake.url))
     if r.status_code == 409:  # it expired between the broker's retry and this DELETE: wait for the next one
-        _until(lambda: get_key(fake.url, token(fake.url), key["id"])["dualAuthDelete"].get("keySetForDeletion"),
+        wait_until(lambda: get_key(fake.url, token(fake.url), key["id"])["dualAuthDelete"].get("keySetForDeletion"),
                5, "set again")
         r = kms(fake.url, "DELETE", f"/keys/{key['id']}", other_person(fake.url, "IBMid-2700THIRD"))
     assert r.status_code == 200, r.text

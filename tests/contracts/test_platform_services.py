@@ -176,7 +176,8 @@ def test_bind_unbind_and_deprovision_find_the_brokers_iam_objects_beyond_the_fir
                                                                           "plan_id": ibm.pid(plan)})
         assert r.status_code == 201, r.get_data(as_text=True)
     ours = _ours(ibm.fake, "pg-1")
-    assert len(ours["service_ids"]) == 2 and len(ours["policies"]) == 2 and len(ours["api_keys"]) == 2
+    # each binding: a policy per workspace and Reader on the root key
+    assert len(ours["service_ids"]) == 2 and len(ours["policies"]) == 6 and len(ours["api_keys"]) == 2
     # many other keys on b1's service ID: the broker's own key is on a later page of that ID's keys
     from broker.orchestrators.ibmcloud.naming import Names
 
@@ -187,7 +188,7 @@ def test_bind_unbind_and_deprovision_find_the_brokers_iam_objects_beyond_the_fir
     assert ibm.unbind("pg-1", "b1", plan=ibm.pid(plan)).status_code == 200
     assert _exchanges(ibm.fake, "DELETE", f"/v1/apikeys/{b1_key}")  # found on page 2 and revoked
     after = _ours(ibm.fake, "pg-1")
-    assert len(after["policies"]) == 1, after["policies"]  # b1's policy revoked although on a later page
+    assert len(after["policies"]) == 3, after["policies"]  # b1's policies revoked although on a later page
     assert len(after["service_ids"]) == 1
     # deprovision with b2 still bound: every IAM object of the instance goes, wherever it is listed
     r = ibm.delete(f"/v2/service_instances/pg-1?service_id={SERVICE_ID}&plan_id={ibm.pid(plan)}"
@@ -398,7 +399,8 @@ def test_a_lost_create_answer_is_found_on_the_retry(ibm: Ibm, create: str, mode:
         if r.status_code == 202:
             assert ibm.wait(iid, timeout=60)["state"] == "succeeded"
         ours = _ours(ibm.fake, iid)
-        assert len(ours["service_ids"]) == 1 and len(ours["policies"]) == 1 and len(ours["api_keys"]) == 1, ours
+        # the binding's policies: one per workspace, Reader on the root key
+        assert len(ours["service_ids"]) == 1 and len(ours["policies"]) == 3 and len(ours["api_keys"]) == 1, ours
         assert ibm.admin.faults()[0]["hits"] == 1
         assert ibm.unbind(iid, "b1", plan=ibm.pid(plan)).status_code == 200
         ours = _ours(ibm.fake, iid)

@@ -27,6 +27,7 @@ from broker.app import build_runtime, create_app
 from broker.fakecloud.contracts import load
 from broker.orchestrators.ibmcloud.naming import Names
 from tests.conftest import GRS_PARAMS, PRIMARY, SECONDARY, SERVICE_ID, make_settings
+from tests.e2e.conftest import wait_until
 from tests.ibmfake import FakeAdmin, fake_cloud, ibmcloud_env
 from tests.services.conftest import DR
 
@@ -124,13 +125,7 @@ class PV:
                                 headers={**self.headers, "CRN": crn}, timeout=10)
 
     def until(self, probe: Any, timeout: float = 5.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = probe()
-            if got:
-                return got
-            time.sleep(0.02)
-        raise AssertionError("the fake did not get there")
+        return wait_until(probe, timeout, "the fake did not get there")
 
     def replicating_group(self, volumes: list[str], name: str = "g1") -> str:
         for v in volumes:

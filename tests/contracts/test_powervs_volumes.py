@@ -35,7 +35,7 @@ MINE = {
     "pcloud.volume.onboarding.getall", "pcloud.volume.onboarding.post", "pcloud.volume.onboarding.get",
     "pcloud.v2.volumes.clone.post", "pcloud.v2.volumes.clonetasks.get",
     "pcloud.pvminstances.getall", "pcloud.pvminstances.get", "pcloud.pvminstances.action.post",
-    "pcloud.cloudinstances.jobs.get",
+    "pcloud.pvminstances.post", "pcloud.pvminstances.delete", "pcloud.cloudinstances.jobs.get",
 }
 
 
@@ -298,11 +298,12 @@ def test_a_lost_clone_answer_is_found_by_the_name_prefix(ibm: IbmDR, lost: dict[
 
 # every answer of these routes keeps its model ------------------------------------------------------------------
 def test_volume_and_vm_answers_keep_their_models(ibm: IbmDR) -> None:
-    ibm.ready_plan("c-shape", "grs-async")
+    # a KSYS plan: only its moves power VMs (grs-async touches none) and its rehearsals create VMs
+    ibm.ready_plan("c-shape", "ksys-managed")
     for kind, mode in (("test_failover", None), ("cleanup_test", None), ("failover", "planned"),
                        ("failback", None)):
         ibm.act("c-shape", kind, mode)
-    r = ibm.deprovision("c-shape", plan=ibm.pid("grs-async"))
+    r = ibm.deprovision("c-shape", plan=ibm.pid("ksys-managed"))
     assert r.status_code == 202 and ibm.wait("c-shape", timeout=60)["state"] == "succeeded"
     ex = requests.get(f"{ibm.fake.url}/_fake/exchanges", timeout=30).json()["exchanges"]
     contract = load()
@@ -316,4 +317,4 @@ def test_volume_and_vm_answers_keep_their_models(ibm: IbmDR) -> None:
     assert _violations(ibm.fake.url) == []
     assert {"pcloud.cloudinstances.volumes.getall", "pcloud.cloudinstances.volumes.delete",
             "pcloud.volume.onboarding.post", "pcloud.v2.volumes.clone.post", "pcloud.pvminstances.action.post",
-            "pcloud.pvminstances.get"} <= seen, seen
+            "pcloud.pvminstances.get", "pcloud.pvminstances.post", "pcloud.pvminstances.delete"} <= seen, seen

@@ -14,7 +14,7 @@ from broker.domain.errors import PermanentBackendError
 from broker.domain.models import OperationType
 from broker.domain.protocols import StepContext
 from broker.services.requests import ProvisionRequest
-from broker.workflows.definitions import DR_ACTIONS, Step, all_actions, steps_for
+from broker.workflows.definitions import DR_ACTIONS, Step, all_actions, steps_for, variants
 from tests.conftest import GRS_PARAMS, GRS_PLAN, SERVICE_ID, make_settings
 from tests.ibmfake import fake_cloud, ibmcloud_env
 
@@ -39,6 +39,9 @@ def _workflows(plan) -> dict[str, tuple[Step, ...]]:
     """Every workflow broker/workflows/definitions.py builds for ``plan``: each operation type, and each
     day-2 action in each mode."""
     flows = {op_type.value: steps_for(op_type, plan) for op_type in OperationType}
+    for i, payload in enumerate(variants(plan)):  # a bind's purpose, an update's new API key
+        for op_type in (OperationType.BIND, OperationType.UPDATE):
+            flows[f"{op_type.value}/variant-{i}"] = steps_for(op_type, plan, payload)
     for name in DR_ACTIONS:
         for mode in ("planned", "unplanned"):
             flows[f"{name}/{mode}"] = steps_for(OperationType.UPDATE, plan, {"dr_action": {"type": name,

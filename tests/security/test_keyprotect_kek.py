@@ -19,7 +19,7 @@ from broker.security.envelope import Envelope, SecretsError
 from broker.security.keyprotect import KeyProtectKEK
 from broker.store import db as store_db
 from broker.store.sealed import count_by_kek
-from tests.conftest import GRS_PARAMS, OSB, make_settings
+from tests.conftest import KSYS_PARAMS, KSYS_PLAN, OSB, make_settings
 from tests.ibmfake import FakeAdmin, fake_cloud
 
 
@@ -76,7 +76,7 @@ def test_a_broker_with_a_key_protect_kek_seals_and_rotates(kp: tuple[str, str], 
     rt.worker.start()
     try:
         osb = OSB(create_app(runtime=rt).test_client())
-        osb.ready("kp-1", params={**GRS_PARAMS, "ibmcloud_api_key": "customer-key-in-kp-mode"})
+        osb.ready("kp-1", KSYS_PLAN, {**KSYS_PARAMS, "ibmcloud_api_key": "customer-key-in-kp-mode"})
         assert osb.get("/v2/service_instances/kp-1").status_code == 200
     finally:
         rt.worker.stop(timeout=10)

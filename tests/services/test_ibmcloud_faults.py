@@ -93,7 +93,7 @@ def test_a_key_protect_409_fails_the_bind_and_compensates(ibm: IbmDR) -> None:
     result = ibm.wait_binding("f-kp", "b1", timeout=60)
     assert result["state"] == "failed", result
     assert "409" in result["description"] and "wrapping a data key" in result["description"]
-    assert "cleaned up: revoke_key_access, delete_service_id" in result["description"], result
+    assert "cleaned up: revoke_key_access, revoke_access, delete_service_id" in result["description"], result
     state = ibm.fake.state()
     assert state["service_ids"] == [] and state["policies"] == []  # nothing of the failed binding is left
 

@@ -131,7 +131,8 @@ def test_a_bind_step_repeated_after_a_crash_issues_one_service_id_and_one_key(
     _crash_and_resume(rt, scripted, op_id, action)
     assert op(rt, op_id).state == OperationState.SUCCEEDED
     owned = Counter(r.kind for r in rt.orchestrator.cloud.inventory("i-1") if r.binding_id == "b-1")
-    assert owned == Counter({"service_id": 1, "api_key": 1}), owned
+    # one service ID, one key and its policy on each of the two workspaces
+    assert owned == Counter({"service_id": 1, "api_key": 1, "access_policy": 2}), owned
     with rt.store.read() as tx:
         binding = tx.get_binding("i-1", "b-1")
     assert binding.state == BindingState.BOUND

@@ -144,7 +144,7 @@ def test_a_failed_bind_compensates_and_leaves_the_instance_untouched(tmp_path: P
     run_to_end(rt.worker, op_id)
     failed = op(rt, op_id)
     assert failed.state == OperationState.FAILED
-    assert "cleaned up: revoke_credentials, delete_service_id" in failed.description
+    assert "cleaned up: revoke_credentials, revoke_access, delete_service_id" in failed.description
     assert sorted((r.kind, r.id) for r in rt.orchestrator.cloud.inventory("i-1")) == before
     with rt.store.read() as tx:
         assert tx.get_binding("i-1", "b-1").state == BindingState.FAILED

@@ -1,8 +1,11 @@
-"""IAM steps: a binding's service ID, its API key and key-reader policy, the credentials it gets, revocation.
+"""IAM steps: a binding's service ID, its API key and access policies, the credentials it gets, revocation.
 
-A binding is an IAM identity of its own (or one the caller brings), allowed to read the instance's root key;
-its credentials describe the replication, the orchestrator and the wrapped data key. Deprovisioning revokes
-every binding's IAM objects by the instance's name prefix.
+A binding is an IAM identity of its own (or one the caller brings) with an access policy on each of the
+instance's two workspaces (roles from the bind parameters ``purpose`` and ``role``, ``broker.domain.access``),
+and with ``purpose: kms-dek`` Reader on the instance's root key; its credentials describe the replication, the
+orchestrator (``orchestrator`` and ``kms-dek``), the wrapped data key (``kms-dek``) and the grants. Every policy
+of a binding is described ``<binding name>-<grant>``: unbinding removes them by that prefix, deprovisioning
+removes every binding's IAM objects by the instance's.
 """
 
 from __future__ import annotations
@@ -10,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from broker.domain.access import key_grant, purpose, workspace_grants
 from broker.domain.errors import PermanentBackendError
 from broker.domain.protocols import StepContext
 from broker.orchestrators.ibmcloud.common import IbmSteps
 from broker.orchestrators.ibmcloud.naming import Names
-
-READER = "crn:v1:bluemix:public:iam::::serviceRole:"
 
 
 class AccessSteps(IbmSteps):
@@ -42,31 +44,60 @@ class AccessSteps(IbmSteps):
             self.iam.delete_service_id(sid["id"])
         return {}
 
+    @staticmethod
+    def _iam_id(ctx: StepContext) -> str:
+        return str(ctx.outputs.get("iam_id") or "iam-" + str(ctx.outputs.get("serviceid_crn", "")).rsplit(":", 1)[-1])
+
+    def grant_workspace_access(self, ctx: StepContext) -> Mapping[str, Any]:
+        """An access policy per workspace for the binding's identity (found again by its description when an
+        earlier attempt made it)."""
+        names = Names(ctx.instance_id)
+        bid = ctx.binding_id or ""
+        account = self._account(ctx)
+        existing = {p.get("description"): p for p in
+                    self.iam.policies_with_prefix(account, names.binding_policy_prefix(bid))}
+        ids = []
+        for grant in workspace_grants(ctx.binding_parameters, *self._sites(ctx)):
+            description = names.binding_policy(bid, grant.name)
+            policy = existing.get(description) or self.iam.create_access_policy(
+                account, self._iam_id(ctx), dict(grant.resource), list(grant.roles), description)
+            ids.append(policy.get("id"))
+        return {"workspace_policy_ids": ids}
+
     def grant_key_access(self, ctx: StepContext) -> Mapping[str, Any]:
         names = Names(ctx.instance_id)
         key = self.kp.find_key(names.root_key)
         if key is None:
             raise PermanentBackendError("the instance has no root key")
         account = self._account(ctx)
-        description = names.binding_policy(ctx.binding_id or "")
+        grant = key_grant(str(self.kp.instance_id), key["id"])
+        description = names.binding_policy(ctx.binding_id or "", grant.name)
         existing = self.iam.policies_described(account, description)
         if existing:
             return {"key_policy_id": existing[0]["id"]}
-        iam_id = ctx.outputs.get("iam_id") or "iam-" + str(ctx.outputs.get("serviceid_crn", "")).rsplit(":", 1)[-1]
-        role = READER + str(ctx.binding_parameters.get("role", "Reader"))
-        policy = self.iam.create_key_reader_policy(account, iam_id, str(self.kp.instance_id), key["id"],
-                                                   description, role)
+        policy = self.iam.create_access_policy(account, self._iam_id(ctx), dict(grant.resource), list(grant.roles),
+                                               description)
         return {"key_policy_id": policy.get("id")}
 
-    def revoke_key_access(self, ctx: StepContext) -> Mapping[str, Any]:
+    def _revoke(self, ctx: StepContext, description: str | None) -> Mapping[str, Any]:
         if not ctx.parameters.get("primary_workspace_crn"):
             return {}
-        description = Names(ctx.instance_id).binding_policy(ctx.binding_id or "")
+        names = Names(ctx.instance_id)
+        account = self._account(ctx)
+        policies = (self.iam.policies_described(account, description) if description else
+                    self.iam.policies_with_prefix(account, names.binding_policy_prefix(ctx.binding_id or "")))
         removed = []
-        for policy in self.iam.policies_described(self._account(ctx), description):
+        for policy in policies:
             self.iam.delete_policy(policy["id"])
             removed.append(policy["id"])
         return {"revoked_policies": removed}
+
+    def revoke_key_access(self, ctx: StepContext) -> Mapping[str, Any]:
+        return self._revoke(ctx, Names(ctx.instance_id).binding_policy(ctx.binding_id or ""))
+
+    def revoke_access(self, ctx: StepContext) -> Mapping[str, Any]:
+        """Every access policy of the binding (workspaces, root key)."""
+        return self._revoke(ctx, None)
 
     def issue_credentials(self, ctx: StepContext) -> Mapping[str, Any]:
         primary, secondary = self._sites(ctx)
@@ -84,7 +115,8 @@ class AccessSteps(IbmSteps):
             "consistency_group_name": details.get("consistencyGroupName"),
             "rpo_target_minutes": ctx.parameters.get("rpo_target_minutes"),
         }
-        if ctx.plan.features.get("orchestrator") == "ksys":
+        wants = purpose(ctx.binding_parameters)
+        if ctx.plan.features.get("orchestrator") == "ksys" and wants in ("orchestrator", "kms-dek"):
             guid = self._dra_guid(ctx)
             last = (self.dra.last_operation(guid) or {}) if guid else {}
             # DR Automation answers every field of its status, "" where there is no value
@@ -93,7 +125,9 @@ class AccessSteps(IbmSteps):
                                            last.get("crn"), "endpoint": f"https://{ip}:3000" if ip else None,
                                            "primary_ip": ip, "standby_ip": last.get("standby_ip_address") or None,
                                            "dr_api": ep.url("dra")}
-        if ctx.outputs.get("wrapped_dek"):
+        grants = workspace_grants(ctx.binding_parameters, primary, secondary)
+        if ctx.outputs.get("wrapped_dek") and wants == "kms-dek":
+            grants.append(key_grant(str(self.kp.instance_id), str(ctx.outputs.get("root_key_id"))))
             credentials["kms"] = {
                 "endpoint": self.kp.url, "instance_id": self.kp.instance_id,
                 "root_key_crn": ctx.outputs.get("root_key_crn"), "key_ring_id": self._key_ring(ctx),
@@ -110,6 +144,8 @@ class AccessSteps(IbmSteps):
                     self.iam.delete_api_key(key["id"])
             iam["apikey"] = self.iam.create_api_key(account, iam_id, name).get("apikey")
         credentials["iam"] = iam
+        credentials["access"] = {"purpose": wants, "role": ctx.binding_parameters.get("role", "Reader"),
+                                 "grants": [g.public() for g in grants]}
         return {"credentials": credentials}
 
     def revoke_credentials(self, ctx: StepContext) -> Mapping[str, Any]:

@@ -52,6 +52,11 @@ class DrAutomation:
         return self._call("POST /manage_dr", "POST", f"/drautomation/v1/manage_dr/{instance_id}", body,
                           params) or {}
 
+    def update_apikey(self, instance_id: str, api_key: str) -> dict[str, Any]:
+        """``PUT /drautomation/v1/apikey/{instance_id}`` (the SDK's ``update_apikey``; body ``{"api_key"}``): the
+        customer API key the orchestrator works with from now on. The key travels only in the body."""
+        return self._call("PUT /apikey", "PUT", f"/drautomation/v1/apikey/{instance_id}", {"api_key": api_key}) or {}
+
     def last_operation(self, instance_id: str) -> dict[str, Any] | None:
         return self._call("GET /last_operation", "GET", f"/drautomation/v1/last_operation/{instance_id}",
                           allow=(404,))

@@ -107,6 +107,17 @@ class Iam:
         return self._call("POST /v1/policies", lambda: self.policies.create_policy(
             "access", subjects, roles, resources, description=description))
 
+    def create_access_policy(self, account_id: str, iam_id: str, resource: dict[str, str], roles: list[str],
+                             description: str) -> dict[str, Any]:
+        """An access policy for one identity on one resource: ``resource`` holds the IAM resource attributes
+        (``serviceName``, ``serviceInstance``, ...; ``accountId`` is added), ``roles`` the role CRNs."""
+        subjects = [{"attributes": [{"name": "iam_id", "value": iam_id}]}]
+        attributes = [{"name": "accountId", "value": account_id}]
+        attributes += [{"name": k, "value": v} for k, v in resource.items()]
+        return self._call("POST /v1/policies", lambda: self.policies.create_policy(
+            "access", subjects, [{"role_id": r} for r in roles], [{"attributes": attributes}],
+            description=description))
+
     def delete_policy(self, policy_id: str) -> None:
         self._call(f"DELETE /v1/policies/{policy_id}", lambda: self.policies.delete_policy(policy_id),
                    allow=(404,))

@@ -16,6 +16,7 @@ approver's own DELETE with ``409 AUTHORIZATIONS_NOT_MET``, which ``delete_key`` 
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -80,18 +81,38 @@ class KeyProtect:
         return resp is not None
 
     def key_ring_exists(self, ring: str) -> bool:
+        return self.key_ring(ring) is not None
+
+    def key_ring(self, ring: str) -> dict[str, Any] | None:
+        """The ring's record (``KeyRing``: ``id``, ``creationDate``, ``createdBy``), reading page after page of
+        ``GET /key_rings``; None when there is no such ring."""
         inst = self._instance()
         offset = 0
         while True:
             page = self._call("GET /key_rings", lambda offset=offset: self.api.list_key_rings(
                 inst, limit=PAGE, offset=offset, total_count=True)) or {}
             rings = page.get("resources") or []
-            if any(r.get("id") == ring for r in rings):
-                return True
+            found = next((r for r in rings if r.get("id") == ring), None)
+            if found is not None:
+                return dict(found)
             offset += len(rings)
             total = (page.get("metadata") or {}).get("totalCount")
             if not rings or len(rings) < PAGE or (total is not None and offset >= int(total)):
-                return False
+                return None
+
+    def identity(self) -> str | None:
+        """The broker's own IAM id (the ``iam_id`` claim of the access token it calls with), which Key Protect
+        records as a ring's ``createdBy``; None when the token cannot be read. The token is only read, not
+        verified: it is the one IAM gave the broker."""
+        manager = getattr(self.authenticator, "token_manager", None)
+        try:
+            token = str(manager.get_token()) if manager is not None else ""
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except Exception:  # any failure to read it means "unknown": a ring of another name is then kept
+            return None
+        iam_id = claims.get("iam_id") if isinstance(claims, dict) else None
+        return str(iam_id) if iam_id else None
 
     def delete_key_ring(self, ring: str) -> None:
         inst = self._instance()
@@ -138,6 +159,15 @@ class KeyProtect:
                 "resources": [{"type": POLICY_TYPE, "rotation": {"enabled": True, "interval_month": months}}]}
         self._call(f"PUT /keys/{key_id}/policies",
                    lambda: self.api.put_policy(key_id, inst, body, policy="rotation"))
+
+    def set_dual_auth_delete(self, key_id: str) -> None:
+        """Give the key a dual-authorisation delete policy (``PUT /keys/{id}/policies?policy=dualAuthDelete``,
+        keyprotect-go-client ``SetDualAuthDeletePolicy``). Key Protect never lets it be removed again."""
+        inst = self._instance()
+        body = {"metadata": {"collectionType": POLICY_TYPE, "collectionTotal": 1},
+                "resources": [{"type": POLICY_TYPE, "dualAuthDelete": {"enabled": True}}]}
+        self._call(f"PUT /keys/{key_id}/policies",
+                   lambda: self.api.put_policy(key_id, inst, body, policy="dualAuthDelete"))
 
     def wrap(self, key_id: str, aad: list[str]) -> dict[str, Any]:
         """Wrap a data key Key Protect generates; the caller must drop ``plaintext`` at once."""

@@ -81,6 +81,9 @@ class KeySteps(IbmSteps):
             retry_after=self.config.approval_poll_seconds)
 
     def delete_key_ring(self, ctx: StepContext) -> Mapping[str, Any]:
+        """Delete the instance's key ring, only when the broker created it: the ring of its own name, one a step
+        recorded making, or one whose ``createdBy`` is the broker's identity (which also covers a create whose
+        answer was lost). A ring the customer named and made stays, with the deleted key in it."""
         if not self.kp.instance_id or not (ctx.parameters.get("encryption") or ctx.plan.features.get("byok")):
             return {}
         if self.kp.find_key(Names(ctx.instance_id).root_key) is not None:
@@ -88,16 +91,41 @@ class KeySteps(IbmSteps):
         ring = self._key_ring(ctx)
         if ring == "default":
             return {}
+        if ring != Names(ctx.instance_id).tag and not self._made_ring(ctx.instance_id, ring):
+            found = self.kp.key_ring(ring)
+            if found is None:
+                return {}
+            mine = self.kp.identity()
+            if not mine or found.get("createdBy") != mine:
+                return {"key_ring_kept": ring}  # the customer's ring
         self.kp.delete_key_ring(ring)
         return {}
 
-    def apply_rotation(self, ctx: StepContext) -> None:
-        """The update's Key Protect part: the root key's rotation interval, when one is asked for."""
+    def _made_ring(self, instance_id: str, ring: str) -> bool:
+        """Whether a step of this instance recorded creating ``ring`` (``create_key_ring``'s outputs)."""
+        if self.store is None:
+            return False
+        with self.store.read() as tx:
+            for op in tx.list_operations(instance_id=instance_id, limit=1000):
+                for rec in tx.steps(op.id):
+                    if rec.outputs.get("key_ring_id") == ring and rec.outputs.get("key_ring_created"):
+                        return True
+        return False
+
+    def apply_encryption(self, ctx: StepContext) -> None:
+        """The update's Key Protect part: the root key's rotation interval, and a dual-authorisation policy when
+        one is asked for (the service refused what Key Protect cannot do: removing that policy, moving the key
+        to another ring). A plan change to byok makes the key later, with these parameters."""
         enc = ctx.parameters.get("encryption") or {}
-        if enc.get("rotation_interval_months") and self.kp.instance_id:
-            key = self.kp.find_key(Names(ctx.instance_id).root_key)
-            if key is not None:
-                self.kp.set_rotation(key["id"], int(enc["rotation_interval_months"]))
+        if not enc or not self.kp.instance_id:
+            return
+        key = self.kp.find_key(Names(ctx.instance_id).root_key)
+        if key is None:
+            return
+        if enc.get("rotation_interval_months"):
+            self.kp.set_rotation(key["id"], int(enc["rotation_interval_months"]))
+        if enc.get("dual_auth_delete") and not (key.get("dualAuthDelete") or {}).get("enabled"):
+            self.kp.set_dual_auth_delete(key["id"])
 
 
 def _authorised(dual: Mapping[str, Any]) -> bool:

@@ -4,6 +4,7 @@ binding), so a repeated action finds what an earlier attempt made instead of mak
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 
 def short(value: str, n: int = 12) -> str:
@@ -50,11 +51,23 @@ class Names:
         21-character base name ("<tag>-test" became "<tag>-tes" on clones of several volumes)."""
         return (self.rehearsal_prefix, f"clone-{self.tag}-tes")
 
+    def rehearsal_vm(self, server_name: str) -> str:
+        # "<tag>-<VM name>_DRTest" (KSYS names its DR-test VMs "<VM>_DRTest"), within PowerVS's 47 characters
+        return f"{self.tag}-{server_name[:23]}_DRTest"
+
+    def is_rehearsal_vm(self, server_name: Any) -> bool:
+        return str(server_name or "").startswith(f"{self.tag}-") and str(server_name).endswith("_DRTest")
+
     def binding(self, binding_id: str) -> str:
         return f"{self.tag}-{short(binding_id, 8)}"
 
     def binding_key(self, binding_id: str) -> str:
         return f"{self.binding(binding_id)}-key"
 
-    def binding_policy(self, binding_id: str) -> str:
-        return f"{self.binding(binding_id)}-kms-reader"
+    def binding_policy(self, binding_id: str, grant: str = "kms-reader") -> str:
+        """The description of one of the binding's access policies (``kms-reader``, ``ws-primary``, ...)."""
+        return f"{self.binding(binding_id)}-{grant}"
+
+    def binding_policy_prefix(self, binding_id: str) -> str:
+        """What every access policy of the binding's description starts with."""
+        return f"{self.binding(binding_id)}-"

@@ -112,7 +112,8 @@ class DrAutomationSteps(IbmSteps):
     def discover(self, ctx: StepContext) -> Mapping[str, Any]:
         guid = self._require_dra(ctx)
         _, secondary = self._sites(ctx)
-        backups = {f"{v.get('serverName')}_BackUp" for v in self.vms.wanted_vms(ctx)}
+        backup_of = {v["pvmInstanceID"]: f"{v.get('serverName')}_BackUp" for v in self.vms.wanted_vms(ctx)}
+        backups = set(backup_of.values())
 
         def probe() -> tuple[bool, str]:
             last = self.dra.last_operation(guid) or {}
@@ -121,7 +122,8 @@ class DrAutomationSteps(IbmSteps):
             ok = last.get("orchestrator_config_status") == "KSYS-DISCOVERY-SUCCESS" and not missing
             return ok, f"{last.get('orchestrator_config_status')}, backup VMs missing: {', '.join(missing)}"
         self._wait("KSYS discovery", probe)
-        return {"backup_vms": sorted(backups)}
+        # which backup is whose: failover and failback move exactly these (vms.VmSteps.backup_names)
+        return {"backup_vms": sorted(backups), "backup_of": backup_of}
 
     def remove_orchestrator(self, ctx: StepContext) -> Mapping[str, Any]:
         guid = self._dra_guid(ctx)
@@ -135,6 +137,16 @@ class DrAutomationSteps(IbmSteps):
             return is_gone(inst), f"resource instance {(inst or {}).get('state')}"
         self._wait("DR Automation instance removal", probe)
         return {"removed_orchestrator": guid}
+
+    def update_api_key(self, ctx: StepContext) -> Mapping[str, Any]:
+        """An update's new ``ibmcloud_api_key``, handed to DR Automation (``update_apikey``); the key itself is
+        neither returned nor recorded, only that it was applied (DR Automation's answer: its status)."""
+        key = ctx.parameters.get("ibmcloud_api_key")
+        if not key:
+            return {}
+        guid = self._require_dra(ctx)
+        answer = self.dra.update_apikey(guid, str(key))
+        return {"api_key_updated": True, "api_key_status": answer.get("status")}
 
     def sync_standby(self, ctx: StepContext) -> Mapping[str, Any]:
         guid = self._require_dra(ctx)

@@ -85,9 +85,9 @@ class IbmCloudOrchestrator(IbmSteps):
             resources=Resources(self.auth, ep.url("resource_controller"), ep.url("global_catalog"), timeout),
             dra=DrAutomation(self.auth, ep.url("dra"), timeout))
         super().__init__(clients)
-        self.rehearsal = RehearsalSteps(clients)
-        self.replication = ReplicationSteps(clients, self.rehearsal)
         self.vms = VmSteps(clients)
+        self.rehearsal = RehearsalSteps(clients, self.vms)
+        self.replication = ReplicationSteps(clients, self.rehearsal)
         self.keys = KeySteps(clients)
         self.access = AccessSteps(clients)
         self.orchestration = DrAutomationSteps(clients, self.vms)
@@ -129,9 +129,12 @@ class IbmCloudOrchestrator(IbmSteps):
             # update
             "apply_parameters": self._apply_parameters,
             "sync_standby_orchestrator": dr.sync_standby,
+            "update_orchestrator_api_key": dr.update_api_key,
             # bind / unbind
             "create_service_id": access.create_service_id,
             "delete_service_id": access.delete_service_id,
+            "grant_workspace_access": access.grant_workspace_access,
+            "revoke_access": access.revoke_access,
             "grant_key_access": access.grant_key_access,
             "revoke_key_access": access.revoke_key_access,
             "wrap_key": keys.wrap_key,
@@ -276,6 +279,8 @@ class IbmCloudOrchestrator(IbmSteps):
                     found.append(("auxiliary_volume", vol["volumeID"]))
                 elif str(vol.get("name", "")).startswith(names.rehearsal_prefix):
                     found.append(("rehearsal_volume", vol["volumeID"]))
+            found += [("rehearsal_vm", vm["pvmInstanceID"]) for vm in self.powervs.list_pvm_instances(secondary)
+                      if names.is_rehearsal_vm(vm.get("serverName"))]
         dra = self.resources.find_instance(names.dra_instance)
         if dra:
             found.append(("orchestrator", dra["guid"]))
@@ -334,5 +339,5 @@ class IbmCloudOrchestrator(IbmSteps):
 
     def _apply_parameters(self, ctx: StepContext) -> Mapping[str, Any]:
         self._sites(ctx)  # an update needs both sites before it changes anything
-        self.keys.apply_rotation(ctx)
+        self.keys.apply_encryption(ctx)
         return self.replication.apply_volume_changes(ctx)

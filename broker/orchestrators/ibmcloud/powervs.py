@@ -196,5 +196,13 @@ class PowerVS:
     def pvm_action(self, crn: str, pvm_id: str, action: str) -> None:
         self._do("POST", crn, f"/pvm-instances/{pvm_id}/action", {"action": action})
 
+    def create_pvm_instance(self, crn: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """``POST .../pvm-instances`` (``PVMInstanceCreate``); the answer is a ``PVMInstanceList``."""
+        return list(self._do("POST", crn, "/pvm-instances", body) or [])
+
+    def delete_pvm_instance(self, crn: str, pvm_id: str) -> None:
+        """Delete a VM (asynchronous); 404 (unknown) and 410 (already being deleted) leave nothing to ask for."""
+        self._do("DELETE", crn, f"/pvm-instances/{pvm_id}", allow=(404, 410))
+
     def get_job(self, crn: str, job_id: str) -> dict[str, Any]:
         return self._do("GET", crn, f"/jobs/{job_id}")

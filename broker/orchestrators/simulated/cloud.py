@@ -121,6 +121,18 @@ class SimulatedCloud:
         return Resource(id=res.id, kind=res.kind, name=res.name, instance_id=res.instance_id,
                         binding_id=res.binding_id, state=new_state, data=merged, created_at=res.created_at)
 
+    def update_if(self, res: Resource, *, state: str | None = None,
+                  data: Mapping[str, Any] | None = None) -> Resource | None:
+        """``update`` unless the resource changed since ``res`` was read (another process got there first):
+        then None, and nothing is written."""
+        merged = {**res.data, **(data or {})}
+        new_state = state if state is not None else res.state
+        if not self.rows.update_if(res.id, expect_data=json.dumps(res.data, sort_keys=True), state=new_state,
+                                   data=json.dumps(merged, sort_keys=True), updated_at=time.time()):
+            return None
+        return Resource(id=res.id, kind=res.kind, name=res.name, instance_id=res.instance_id,
+                        binding_id=res.binding_id, state=new_state, data=merged, created_at=res.created_at)
+
     def by_id(self, resource_id: str) -> Resource | None:
         row = self.rows.by_id(resource_id)
         return _row(row) if row else None

@@ -19,19 +19,25 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from broker.domain.errors import PermanentBackendError
+from broker.domain import recovery
+from broker.domain.access import key_grant, purpose, workspace_grants
+from broker.domain.errors import AwaitingApproval, PermanentBackendError
 from broker.domain.protocols import ReplicationStatus, StepContext
 from broker.domain.sites import parse_workspace_crn
 from broker.orchestrators.simulated.cloud import SEED_OWNER, Resource, SimulatedCloud
 from broker.orchestrators.simulated.faults import FaultInjector
-from broker.orchestrators.simulated.keyprotect import SimKeyProtect
+from broker.orchestrators.simulated.keyprotect import MONTH_SECONDS, SimKeyProtect
 from broker.orchestrators.simulated.seed import seed_demo_account
 
 log = logging.getLogger(__name__)
 
 Action = Callable[[StepContext], Mapping[str, Any]]
 
+BOOT_WEIGHT = 2.0  # a VM boots for step_seconds * BOOT_WEIGHT (BUILD, then ACTIVE)
 CYCLE_PERIOD_SECONDS = 300  # GMCV cycle period the simulated storage reports (read-only on PowerVS)
+# The identity the broker's steps act as on the simulated Key Protect: the first approver of a dual-authorisation
+# delete, so never the second (``drbroker keys approve-deletion --approver`` must name someone else).
+WORKER_IDENTITY = "drbroker-worker"
 
 # Relative duration of each action; a step takes step_seconds * weight.
 _WEIGHTS = {
@@ -40,6 +46,8 @@ _WEIGHTS = {
     "wait_reverse_consistent": 2.0,
     "create_service_id": 0.1,
     "grant_key_access": 0.1,
+    "grant_workspace_access": 0.1,
+    "revoke_access": 0.1,
     "wrap_key": 0.1,
     "issue_credentials": 0.1,
     "revoke_credentials": 0.1,
@@ -67,9 +75,11 @@ class SimulatedOrchestrator:
     name = "simulated"
 
     def __init__(self, engine: Engine, *, step_seconds: float = 1.0, faults: str = "",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, month_seconds: float = MONTH_SECONDS,
+                 approval_poll_seconds: float = 60.0) -> None:
         self.cloud = SimulatedCloud(engine)
-        self.kp = SimKeyProtect(self.cloud)
+        self.kp = SimKeyProtect(self.cloud, month_seconds=month_seconds)
+        self.approval_poll_seconds = approval_poll_seconds
         self.step_seconds = step_seconds
         self.faults = FaultInjector(faults)
         self.clock = clock
@@ -102,9 +112,12 @@ class SimulatedOrchestrator:
             # update
             "apply_parameters": self._apply_parameters,
             "sync_standby_orchestrator": self._sync_standby,
+            "update_orchestrator_api_key": self._update_orchestrator_api_key,
             # bind / unbind
             "create_service_id": self._create_service_id,
             "delete_service_id": self._delete_service_id,
+            "grant_workspace_access": self._grant_workspace_access,
+            "revoke_access": self._revoke_access,
             "grant_key_access": self._grant_key_access,
             "revoke_key_access": self._remover("key_policy", binding=True),
             "wrap_key": self._wrap_key,
@@ -114,7 +127,7 @@ class SimulatedOrchestrator:
             "check_replication": self._check_replication,
             "start_rehearsal": self._start_rehearsal,
             "verify_rehearsal": self._verify_rehearsal,
-            "cleanup_rehearsal": self._remover("rehearsal"),
+            "cleanup_rehearsal": self._cleanup_rehearsal,
             "stop_primary_vms": self._power("primary", "SHUTOFF"),
             "start_primary_vms": self._power("primary", "ACTIVE"),
             "stop_secondary_vms": self._power("secondary", "SHUTOFF"),
@@ -355,7 +368,7 @@ class SimulatedOrchestrator:
                       if r.data["workspace_crn"] == primary]
         if not self.cloud.set_state("orchestrator", ctx.instance_id, None, data={"managed_vms": wanted}):
             raise PermanentBackendError("the orchestrator is not deployed")
-        return {}
+        return {"managed_vms": wanted}
 
     def _discover(self, ctx: StepContext) -> Mapping[str, Any]:
         _, secondary = self._sites(ctx)
@@ -393,7 +406,7 @@ class SimulatedOrchestrator:
         return {"revoked_resources": self.cloud.remove_binding_resources(ctx.instance_id)}
 
     def _remove_orchestrator(self, ctx: StepContext) -> Mapping[str, Any]:
-        for kind in ("rehearsal", "backup_vm", "standby_orchestrator", "orchestrator"):
+        for kind in ("rehearsal_vm", "rehearsal", "backup_vm", "standby_orchestrator", "orchestrator"):
             self.cloud.remove_all(kind, ctx.instance_id)
         return {}
 
@@ -405,6 +418,7 @@ class SimulatedOrchestrator:
                 if vol is not None and vol.data.get("group") == group.id:
                     self.cloud.update(vol, data={"group": None})
             self.cloud.remove("volume_group", ctx.instance_id)
+        self.cloud.remove_all("rehearsal_vm", ctx.instance_id)
         self.cloud.remove_all("rehearsal", ctx.instance_id)
         return {}
 
@@ -425,12 +439,24 @@ class SimulatedOrchestrator:
         return {}
 
     def _delete_root_key(self, ctx: StepContext) -> Mapping[str, Any]:
+        """Delete the root key. With a dual-authorisation policy the broker is only the first approver: it sets
+        the key for deletion (again, when an earlier approval expired) and waits, parked, until another
+        identity approves with ``drbroker keys approve-deletion``; the step run after that deletes the key."""
         key = self.cloud.get("root_key", ctx.instance_id)
-        if key is not None and key.data.get("dual_auth_delete") and not key.data.get("set_for_deletion"):
-            # The broker's service ID is the first approver; the key's dual-auth policy names the broker's
-            # second identity as the other (on real Key Protect: a second user within 7 days).
-            self.kp.set_for_deletion(key.id)
-        return self.kp.delete(ctx.instance_id)
+        if key is None or not key.data.get("dual_auth_delete"):
+            return self.kp.delete(ctx.instance_id)
+        auth = self.kp.deletion(key)
+        if auth is not None and auth.get("approved_by") and auth["approved_by"] != auth["set_by"]:
+            return {**self.kp.delete(ctx.instance_id), "deletion_approved_by": auth["approved_by"]}
+        if auth is None:
+            auth = self.kp.set_for_deletion(key.id, by=WORKER_IDENTITY)
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(auth["expires"])))
+        raise AwaitingApproval(
+            f"the simulated Key Protect root key {key.id} has a dual-authorisation delete policy; "
+            f"{auth['set_by']} set it for deletion (first approval) and a second approver, another person, "
+            f"must run `drbroker keys approve-deletion {ctx.instance_id} --approver NAME` before {until}. "
+            f"The deprovision continues once they have (checked every {self.approval_poll_seconds:g} s; an "
+            "expired approval is given again).", retry_after=self.approval_poll_seconds)
 
     def _delete_key_ring(self, ctx: StepContext) -> Mapping[str, Any]:
         if self.cloud.get("root_key", ctx.instance_id) is not None:
@@ -448,6 +474,12 @@ class SimulatedOrchestrator:
     def _apply_parameters(self, ctx: StepContext) -> Mapping[str, Any]:
         primary, secondary = self._sites(ctx)
         self.cloud.set_state("dr_policy", ctx.instance_id, None, data=self._policy_data(ctx))
+        enc = ctx.parameters.get("encryption") or {}
+        if enc:
+            # The root key's policies (the service refused what Key Protect cannot do: removing dual
+            # authorisation, moving the key to another ring).
+            self.kp.set_policies(ctx.instance_id, rotation_months=enc.get("rotation_interval_months"),
+                                 dual_auth_delete=True if enc.get("dual_auth_delete") else None)
         group = self.cloud.get("volume_group", ctx.instance_id)
         wanted = list(ctx.parameters.get("protected_volumes") or [])
         if group is None:
@@ -479,6 +511,20 @@ class SimulatedOrchestrator:
             self.cloud.update(marker, data={"volumes": sorted(enabled)})
         return {}
 
+    def _update_orchestrator_api_key(self, ctx: StepContext) -> Mapping[str, Any]:
+        """DR Automation's ``update_apikey`` on the simulated orchestrator: the rotation is recorded (when, how
+        many, and a 12-hex fingerprint to tell keys apart); the key itself is kept only in the instance's sealed
+        parameters."""
+        key = ctx.parameters.get("ibmcloud_api_key")
+        if not key:
+            return {}
+        orch = self.cloud.get("orchestrator", ctx.instance_id)
+        if orch is None:
+            raise PermanentBackendError("the orchestrator is not deployed")
+        self.cloud.update(orch, data={"api_key_fingerprint": _hash(str(key))[:12], "api_key_updated_at": self.clock(),
+                                      "api_key_updates": int(orch.data.get("api_key_updates") or 0) + 1})
+        return {"api_key_updated": True}
+
     def _sync_standby(self, ctx: StepContext) -> Mapping[str, Any]:
         if ctx.plan.features.get("standby"):
             self._ensure_standby(ctx)
@@ -503,14 +549,35 @@ class SimulatedOrchestrator:
         self.cloud.remove_all("service_id", ctx.instance_id, ctx.binding_id)
         return {}
 
+    @staticmethod
+    def _account(ctx: StepContext) -> str:
+        ref = parse_workspace_crn(ctx.parameters.get("primary_workspace_crn", ""))
+        return ref.account if ref else "sim"
+
+    def _grant_workspace_access(self, ctx: StepContext) -> Mapping[str, Any]:
+        """The simulated IAM's access policies of the binding's identity, one per workspace, in IAM's terms
+        (subject, role CRNs, resource attributes) as the ibmcloud backend creates them."""
+        ids = []
+        for grant in workspace_grants(ctx.binding_parameters, *self._sites(ctx)):
+            policy = self.cloud.ensure("access_policy", ctx.instance_id, ctx.binding_id, "active", {
+                "subject": ctx.outputs.get("serviceid_crn"), "roles": list(grant.roles),
+                "resource": {"accountId": self._account(ctx), **grant.resource}}, part=grant.name)
+            ids.append(policy.id)
+        return {"workspace_policy_ids": ids}
+
+    def _revoke_access(self, ctx: StepContext) -> Mapping[str, Any]:
+        removed = self.cloud.remove_all("access_policy", ctx.instance_id, ctx.binding_id)
+        removed += self.cloud.remove_all("key_policy", ctx.instance_id, ctx.binding_id)
+        return {"revoked_policies": removed}
+
     def _grant_key_access(self, ctx: StepContext) -> Mapping[str, Any]:
         key = self.cloud.get("root_key", ctx.instance_id)
         if key is None:
             raise PermanentBackendError("the instance has no root key")
-        role = ctx.binding_parameters.get("role", "Reader")
+        grant = key_grant("sim-kp", key.id)
         policy = self.cloud.ensure("key_policy", ctx.instance_id, ctx.binding_id, "active", {
-            "subject": ctx.outputs.get("serviceid_crn"), "role": f"crn:v1:bluemix:public:iam::::serviceRole:{role}",
-            "resource": {"serviceName": "kms", "resourceType": "key", "resource": key.id}})
+            "subject": ctx.outputs.get("serviceid_crn"), "role": grant.roles[0], "roles": list(grant.roles),
+            "resource": {"accountId": self._account(ctx), **grant.resource}})
         return {"key_policy_id": policy.id}
 
     def _wrap_key(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -533,15 +600,18 @@ class SimulatedOrchestrator:
             "consistency_group_name": group.data.get("consistency_group") if group else None,
             "rpo_target_minutes": ctx.parameters.get("rpo_target_minutes"),
         }
-        orch = self.cloud.get("orchestrator", ctx.instance_id)
+        wants = purpose(ctx.binding_parameters)
+        orch = self.cloud.get("orchestrator", ctx.instance_id) if wants in ("orchestrator", "kms-dek") else None
         if orch is not None:
             standby = self.cloud.get("standby_orchestrator", ctx.instance_id)
             credentials["orchestrator"] = {"endpoint": f"https://{orch.data['ip']}:3000",
                                            "primary_ip": orch.data["ip"],
                                            "standby_ip": standby.data["ip"] if standby else None}
-        if ctx.outputs.get("wrapped_dek"):
+        grants = workspace_grants(ctx.binding_parameters, primary, secondary)
+        if ctx.outputs.get("wrapped_dek") and wants == "kms-dek":
             key = self.cloud.get("root_key", ctx.instance_id)
             ring = self.cloud.get("key_ring", ctx.instance_id)
+            grants.append(key_grant("sim-kp", key.id if key else ""))
             credentials["kms"] = {
                 "root_key_crn": f"crn:v1:bluemix:public:kms:sim:a/sim:sim-kp:key:{key.id if key else ''}",
                 "key_ring_id": ring.data["key_ring_id"] if ring else None,
@@ -555,6 +625,8 @@ class SimulatedOrchestrator:
             self.cloud.ensure("api_key", ctx.instance_id, ctx.binding_id, "active", {"sha256": _hash(apikey)})
             iam["apikey"] = apikey
         credentials["iam"] = iam
+        credentials["access"] = {"purpose": wants, "role": ctx.binding_parameters.get("role", "Reader"),
+                                 "grants": [g.public() for g in grants]}
         return {"credentials": credentials}
 
     # day-2 ----------------------------------------------------------------------------------------
@@ -565,31 +637,93 @@ class SimulatedOrchestrator:
             raise PermanentBackendError(f"replication group is {state}, not consistent_copying")
         return {}
 
-    def _start_rehearsal(self, ctx: StepContext) -> Mapping[str, Any]:
-        _, secondary = self._sites(ctx)
+    def _managed(self, ctx: StepContext) -> list[tuple[str, str]]:
+        """(VM id, priority) of the VMs this instance manages: ``managed_vms``, or those the orchestrator was
+        given to manage at provisioning; none on plans without an orchestrator (see ``broker.domain.recovery``)."""
+        if not recovery.moves_vms(ctx.plan.features):
+            return []
+        listed = recovery.listed_vms(ctx.parameters)
+        if listed:
+            return listed
         orch = self.cloud.get("orchestrator", ctx.instance_id)
-        vms = (orch.data.get("managed_vms") if orch else None) or []
+        return [(vm, recovery.DEFAULT_PRIORITY) for vm in (orch.data.get("managed_vms") if orch else None) or []]
+
+    def boot_seconds(self) -> float:
+        return self.step_seconds * BOOT_WEIGHT
+
+    def _in_order(self, targets: list[tuple[Resource, str, str]], state: str) -> list[dict[str, Any]]:
+        """Bring ``targets`` (resource, managed VM, priority) to ``state`` one priority group after another
+        (stop Low first, start High first); a started VM goes BUILD, then ACTIVE once it has booted (the
+        simulated boot time). The record of each VM: what was done, when, and when its group was ready."""
+        verb = "start" if state == "ACTIVE" else "stop"
+        order: list[dict[str, Any]] = []
+        for priority, group in recovery.priority_groups(targets, lambda t: t[2], verb):
+            acted: list[tuple[Resource, dict[str, Any]]] = []
+            booting = False
+            for res, managed_vm, _ in group:
+                at = self.clock()
+                needed = res.state != state
+                if needed:
+                    booting = booting or state == "ACTIVE"
+                    res = self.cloud.update(res, state="BUILD" if state == "ACTIVE" else state)
+                acted.append((res, {"vm": res.id, "name": res.data.get("name") or res.data.get("vm_id"),
+                                    "managed_vm": managed_vm, "priority": priority,
+                                    "action": verb if needed else "none", "at": at}))
+            if booting and self.boot_seconds() > 0:
+                time.sleep(self.boot_seconds())
+            ready = self.clock()
+            for res, rec in acted:
+                if res.state != state:
+                    self.cloud.update(res, state=state)
+                order.append({**rec, "state": state, "ready_at": ready})
+        return order
+
+    def _start_rehearsal(self, ctx: StepContext) -> Mapping[str, Any]:
+        """Clone the replicas and boot a ``<vm>_DRTest`` VM per managed VM from them, High priority first."""
+        _, secondary = self._sites(ctx)
+        managed = self._managed(ctx)
         self.cloud.ensure("rehearsal", ctx.instance_id, None, "active", {
-            "workspace_crn": secondary, "vms": [f"{vm}_DRTest" for vm in vms],
+            "workspace_crn": secondary, "vms": [f"{vm}_DRTest" for vm, _ in managed],
             "volumes": [f"test_{v}" for v in ctx.parameters.get("protected_volumes") or []]})
-        return {}
+        targets = [(self.cloud.ensure("rehearsal_vm", ctx.instance_id, None, "SHUTOFF",
+                                      {"workspace_crn": secondary, "name": f"{vm}_DRTest", "managed_vm": vm,
+                                       "priority": priority}, part=vm), vm, priority)
+                   for vm, priority in managed]
+        return {"order": self._in_order(targets, "ACTIVE"), "rehearsal_vms": [f"{vm}_DRTest" for vm, _ in managed]}
 
     def _verify_rehearsal(self, ctx: StepContext) -> Mapping[str, Any]:
+        """Every rehearsal VM ACTIVE: the rehearsal has recovered; its RTO runs from the operation's start."""
         if self.cloud.get("rehearsal", ctx.instance_id) is None:
             raise PermanentBackendError("rehearsal resources are missing")
-        return {}
+        managed = self._managed(ctx)
+        vms = {r.data.get("managed_vm"): r for r in self.cloud.of_kind("rehearsal_vm", ctx.instance_id)}
+        down = [f"{vm}_DRTest" for vm, _ in managed if vm not in vms or vms[vm].state != "ACTIVE"]
+        if down:
+            raise PermanentBackendError(f"rehearsal VMs not ACTIVE: {', '.join(down)}")
+        return recovery.rto_outcome(ctx.operation_started_at, self.clock(), ctx.plan.features)
+
+    def _cleanup_rehearsal(self, ctx: StepContext) -> Mapping[str, Any]:
+        # the rehearsal VMs go before the clones they boot from
+        removed = [r.data.get("name") for r in self.cloud.of_kind("rehearsal_vm", ctx.instance_id)]
+        self.cloud.remove_all("rehearsal_vm", ctx.instance_id)
+        self.cloud.remove_all("rehearsal", ctx.instance_id)
+        return {"removed_rehearsal_vms": sorted(removed)}
 
     def _power(self, site: str, state: str) -> Action:
+        """Stop or start the managed VMs at ``site`` (the primary's own, or their backups at the secondary),
+        in priority order; no other VM of the workspace is touched."""
         def act(ctx: StepContext) -> Mapping[str, Any]:
             primary, _ = self._sites(ctx)
-            if site == "primary":
-                for vm in self.cloud.of_kind("pvm_instance", SEED_OWNER):
-                    if vm.data["workspace_crn"] == primary and vm.state != state:
-                        self.cloud.update(vm, state=state)
-            else:
-                for vm in self.cloud.of_kind("backup_vm", ctx.instance_id):
-                    self.cloud.update(vm, state=state)
-            return {}
+            targets: list[tuple[Resource, str, str]] = []
+            for vm, priority in self._managed(ctx):
+                res = (self.cloud.get("pvm_instance", SEED_OWNER, None, part=f"{primary}/{vm}") if site == "primary"
+                       else self.cloud.get("backup_vm", ctx.instance_id, None, part=vm))
+                if res is None:
+                    where = "in the primary workspace" if site == "primary" else "(no backup VM at the secondary)"
+                    raise PermanentBackendError(f"managed VM {vm} not found {where}")
+                targets.append((res, vm, priority))
+            order = self._in_order(targets, state)
+            return {f"{site}_vms_{state.lower()}": sorted(r["name"] for r in order), "order": order}
         return act
 
     def _group_action(self, state: str, *, role: str | None = None, stop: bool = False,
