@@ -16,11 +16,10 @@ import pytest
 from tests.conftest import PRIMARY, SECONDARY
 from tests.contracts.test_powervs_groups import IbmDR, _broker
 from tests.ibmfake import fake_cloud
-from tests.services.conftest import params_for
+from tests.services.conftest import CUSTOMER_VM, params_for, vm_safety_case
 
 P_GUID = PRIMARY.rstrip(":").rsplit(":", 1)[-1]
 S_GUID = SECONDARY.rstrip(":").rsplit(":", 1)[-1]
-CUSTOMER_VM = "vm-customer-1"
 FULL = [("test_failover", None), ("cleanup_test", None), ("failover", "planned"), ("failback", None),
         ("failover", "unplanned"), ("failback", None)]
 ACTIONS = {"rehearsal-only": FULL[:2]}
@@ -54,13 +53,9 @@ def run(ibm: IbmDR, iid: str, kind: str, mode: str | None = None) -> dict[str, A
                                           ("ksys-managed-ha", "discovered"), ("rehearsal-only", "discovered")])
 def test_dr_actions_never_touch_a_vm_the_instance_does_not_manage(ibm: IbmDR, plan: str, managed: str) -> None:
     iid = f"ivm-{plan}"
-    params = params_for(plan)
-    if managed == "listed":
-        params["managed_vms"] = [{"pvm_instance_id": "vm-app-1", "priority": "High"}]
+    params, untouched = vm_safety_case(plan, managed)
     ibm.ready_plan(iid, plan, params)
     add_vm(ibm, CUSTOMER_VM)  # after provisioning: DR Automation never managed it
-    untouched = ([CUSTOMER_VM] + (["vm-db-1"] if managed == "listed" else [])
-                 if plan != "grs-async" else [CUSTOMER_VM, "vm-app-1", "vm-db-1"])
     for kind, mode in ACTIONS.get(plan, FULL):
         run(ibm, iid, kind, mode)
         states = {vm: status(ibm, PRIMARY, vm) for vm in untouched}

@@ -67,3 +67,18 @@ class DR(OSB):
 @pytest.fixture
 def dr(client, worker) -> DR:
     return DR(client, worker)
+
+
+CUSTOMER_VM = "vm-customer-1"  # the customer's own VM in the primary workspace, managed by no instance
+
+
+def vm_safety_case(plan: str, managed: str) -> tuple[dict[str, Any], list[str]]:
+    """Parameters for a VM-safety run (``managed``: the VMs are ``listed`` in ``managed_vms`` or ``discovered``)
+    and the primary VMs no DR action of that instance may touch."""
+    params = params_for(plan)
+    if managed == "listed":
+        params["managed_vms"] = [{"pvm_instance_id": "vm-app-1", "priority": "High"}]
+    # grs-async: "you own the standby VMs": no VM of the workspace is the broker's to touch
+    untouched = ([CUSTOMER_VM] + (["vm-db-1"] if managed == "listed" else [])
+                 if plan != "grs-async" else [CUSTOMER_VM, "vm-app-1", "vm-db-1"])
+    return params, untouched

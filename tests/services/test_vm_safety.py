@@ -15,9 +15,8 @@ import pytest
 from broker.app import build_runtime, create_app
 from broker.orchestrators.simulated.cloud import SEED_OWNER, SimulatedCloud
 from tests.conftest import PRIMARY, make_settings
-from tests.services.conftest import DR, PLAN_NAMES, params_for
+from tests.services.conftest import CUSTOMER_VM, DR, PLAN_NAMES, params_for, vm_safety_case
 
-CUSTOMER_VM = "vm-customer-1"  # the customer's own VM in the primary workspace, managed by no instance
 # Every action each plan offers (rehearsal-only refuses real moves).
 FULL = [("test_failover", None), ("cleanup_test", None), ("failover", "planned"), ("failback", None),
         ("failover", "unplanned"), ("failback", None)]
@@ -52,14 +51,9 @@ def steps(dr: DR, op_id: str) -> dict[str, Any]:
 @pytest.mark.parametrize("plan", PLAN_NAMES)
 def test_dr_actions_never_touch_a_vm_the_instance_does_not_manage(dr: DR, plan: str, managed: str) -> None:
     iid = f"safe-{plan}-{managed}"
-    params = params_for(plan)
-    if managed == "listed":
-        params["managed_vms"] = [{"pvm_instance_id": "vm-app-1", "priority": "High"}]
+    params, untouched = vm_safety_case(plan, managed)
     dr.ready_plan(iid, plan, params)
     add_customer_vm(dr)  # after provisioning: DR Automation never discovered it
-    # grs-async: "you own the standby VMs": no VM of the workspace is the broker's to touch
-    untouched = ([CUSTOMER_VM] + (["vm-db-1"] if managed == "listed" else [])
-                 if plan != "grs-async" else [CUSTOMER_VM, "vm-app-1", "vm-db-1"])
     for kind, mode in ACTIONS.get(plan, FULL):
         run(dr, iid, kind, mode)
         states = primary_states(dr)
