@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from broker.api import audit as api_audit
@@ -127,6 +129,56 @@ def make_envelope(settings: Settings) -> Envelope:
     raise SystemExit(f"DRBROKER_KEK={settings.kek!r} is not available (choose: local, keyprotect)")
 
 
+def database_label(url: str) -> str:
+    """The database URL as it may be shown: without its password (``postgresql://user@host:5432/db``)."""
+    try:
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    except (ArgumentError, ValueError):  # an unparsable URL: show its scheme only
+        return url.partition(":")[0] + "://..."
+
+
+def database_error(url: str, exc: BaseException) -> str:
+    """One line for a database that cannot be reached or opened: the URL without password and the driver's
+    first line (never a traceback, never the password)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    text = reason[0] if reason else type(exc).__name__
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return f"drbroker: cannot use the database {database_label(url)}: {text}"
+
+
+def check_data_keys(engine: Any, envelope: Envelope) -> None:
+    """Refuse to start when the configured KEK cannot open the database's data keys.
+
+    A replica given another ``kek.json`` than the others would otherwise start, answer 500 on every request
+    that opens a sealed value and loop on claiming operations. A sample of the newest sealed values per column
+    (``broker.store.sealed.sample_by_kek``) names the KEK ids in use; one value per id is opened.
+    """
+    from broker.store.sealed import sample_by_kek
+
+    try:
+        samples = sample_by_kek(engine, Envelope.kek_id)
+    except SQLAlchemyError as exc:
+        raise SystemExit(database_error(str(engine.url), exc)) from None
+    kek = envelope.kek
+    for kid, (_table, value_aad, value) in sorted(samples.items()):
+        if isinstance(kek, LocalKeyFile) and kid not in kek.key_ids():
+            raise SystemExit(
+                f"drbroker: the database's data keys are wrapped by KEK {kid}, which DRBROKER_KEK_FILE / "
+                f"kek.json ({kek.path}) does not hold: give this replica the same kek.json as the others "
+                "(or the same DRBROKER_KEK=keyprotect settings)")
+        try:
+            envelope.unseal(value, value_aad)
+        except SecretsError as exc:
+            raise SystemExit(f"drbroker: the configured KEK ({kek.name}) cannot open the database's data keys "
+                             f"wrapped by {kid}: {exc}; give this replica the same KEK settings as the others"
+                             ) from None
+
+
 def make_authenticators(settings: Settings, runtime: Runtime) -> list[Any]:
     authenticators: list[Any] = []
     unknown = set(settings.auth) - {"basic", "bearer-crn"}
@@ -161,11 +213,16 @@ def make_authenticators(settings: Settings, runtime: Runtime) -> list[Any]:
 def build_runtime(settings: Settings) -> Runtime:
     catalog = load_catalog(settings.catalog_path)
     engine = db.make_engine(settings.database_url)
-    if db.is_sqlite(engine):
-        db.upgrade(engine)
-    elif db.needs_upgrade(engine):
-        raise SystemExit("the database schema is not current: run `drbroker db upgrade`")
-    store = Store(engine, sealer=make_envelope(settings))
+    try:
+        if db.is_sqlite(engine):
+            db.upgrade(engine)
+        elif db.needs_upgrade(engine):
+            raise SystemExit("the database schema is not current: run `drbroker db upgrade`")
+    except SQLAlchemyError as exc:
+        raise SystemExit(database_error(settings.database_url, exc)) from None
+    envelope = make_envelope(settings)
+    check_data_keys(engine, envelope)
+    store = Store(engine, sealer=envelope)
     orchestrator = make_orchestrator(settings, store)
     wf_engine = Engine(store, catalog, orchestrator)
     worker = Worker(store, wf_engine, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,

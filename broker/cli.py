@@ -67,12 +67,19 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply the Alembic migrations to DRBROKER_DATABASE_URL."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from broker.app import database_error
     from broker.store import db as store_db
 
     settings = Settings.from_env()
     engine = store_db.make_engine(settings.database_url)
-    store_db.upgrade(engine, revision)
-    click.echo(f"database at revision {store_db.current_revision(engine)}")
+    try:
+        store_db.upgrade(engine, revision)
+        current = store_db.current_revision(engine)
+    except SQLAlchemyError as exc:
+        raise SystemExit(database_error(settings.database_url, exc)) from None
+    click.echo(f"database at revision {current}")
 
 
 @main.group()
@@ -99,12 +106,23 @@ def catalog_validate(path: str | None) -> None:
 @click.option("--locations", default="us-south,us-east,eu-de,lon,syd,tok", show_default=True,
               help="comma-separated deployment locations (ibm-global-catalog)")
 @click.option("--broker-name", default="powervs-dr-broker", show_default=True)
-@click.option("--broker-guid", default="", help="the broker's URL-encoded CRN from Partner Center")
+@click.option("--broker-guid", default="",
+              help="the broker's URL-encoded CRN from Partner Center (ibm-global-catalog; default: "
+                   "DRBROKER_BROKER_CRN, URL-encoded)")
 @click.argument("path", required=False)
 def catalog_export(fmt: str, locations: str, broker_name: str, broker_guid: str, path: str | None) -> None:
     """Write the catalog as OSB JSON, or as the IBM Global Catalog entries Partner Center needs."""
+    from urllib.parse import quote
+
     from broker.services.catalog_export import ibm_global_catalog
 
+    if fmt == "ibm-global-catalog" and not broker_guid:
+        crn = (os.environ.get("DRBROKER_BROKER_CRN") or "").strip()
+        if not crn:
+            raise click.UsageError("--format ibm-global-catalog needs --broker-guid (the broker's URL-encoded "
+                                   "CRN from Partner Center) or DRBROKER_BROKER_CRN")
+        # Partner Center shows the CRN URL-encoded (crn%3Av1%3A...); an already encoded one is kept.
+        broker_guid = crn if "%" in crn else quote(crn, safe="")
     try:
         cat = load_catalog(path or Settings.from_env().catalog_path)
     except CatalogError as exc:
@@ -208,7 +226,12 @@ def dashboard_link(instance_id: str, ttl: int, base_url: str | None) -> None:
     base = base_url or settings.public_url
     if not base:
         raise click.UsageError("--base-url (or DRBROKER_PUBLIC_URL) is required")
-    secret = load_or_create_secret(settings.state_dir, settings.dashboard_secret)
+    from broker.security.filemodes import InsecureFileError
+
+    try:
+        secret = load_or_create_secret(settings.state_dir, settings.dashboard_secret)
+    except InsecureFileError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(signed_url(base, secret, instance_id, ttl))
 
 

@@ -45,6 +45,9 @@ class Settings:
     username: str | None = None
     password: str | None = None
     public_url: str | None = None
+    # Request Hosts that may become a dashboard_url when public_url is unset (README; broker.api.hosts): empty
+    # admits loopback names only.
+    allowed_hosts: tuple[str, ...] = ()
     lease_seconds: float = 15.0
     poll_seconds: float = 0.5
     sync_bind_timeout: float = 60.0
@@ -86,6 +89,8 @@ class Settings:
             username=env.get("DRBROKER_USERNAME") or None,
             password=env.get("DRBROKER_PASSWORD") or None,
             public_url=env.get("DRBROKER_PUBLIC_URL") or None,
+            allowed_hosts=tuple(h.strip().lower() for h in (env.get("DRBROKER_ALLOWED_HOSTS") or "").split(",")
+                                if h.strip()),
             lease_seconds=env_float(env, "DRBROKER_LEASE_SECONDS", 15.0),
             poll_seconds=env_float(env, "DRBROKER_POLL_SECONDS", 0.5),
             sync_bind_timeout=env_float(env, "DRBROKER_SYNC_BIND_TIMEOUT", 60.0),

@@ -20,6 +20,7 @@ from broker import logs
 from broker.app import Runtime, build_runtime, create_app
 from broker.config import Settings
 from broker.security import redaction
+from broker.security.filemodes import InsecureFileError, check_private
 
 log = logging.getLogger("drbroker")
 
@@ -34,7 +35,16 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     # pin both anyway, and scrub whatever reaches a handler (broker.security.redaction).
     for name in ("sqlalchemy.engine", "sqlalchemy.pool", "openbrokerapi"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Alembic says which dialect it uses on every start; only the migrations it runs are worth a line.
+    migration_log = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, _AlembicChatter) for f in migration_log.filters):
+        migration_log.addFilter(_AlembicChatter())
     redaction.install()
+
+
+class _AlembicChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Context impl", "Will assume"))
 
 
 class RedactingGunicornLogger(GunicornLogger):
@@ -140,6 +150,11 @@ class BrokerServer(BaseApplication):
 def serve(settings: Settings, host: str, port: int, workers: int = 1, *, certfile: str | None = None,
           keyfile: str | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
+    if keyfile:
+        try:
+            check_private(keyfile)  # the TLS private key: nobody else may read it (broker.security.filemodes)
+        except InsecureFileError as exc:
+            raise SystemExit(f"--keyfile: {exc}") from None
     # Fail fast in the master: a broken catalog or database stops start-up with a clear message, and
     # migrations run once rather than racing in every worker.
     runtime = build_runtime(settings)

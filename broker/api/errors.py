@@ -23,6 +23,7 @@ STATUS: dict[type[e.BrokerError], int] = {
     e.ConcurrencyError: 422,
     e.MaintenanceInfoConflict: 422,
     e.RequiresApp: 422,
+    e.DeletionRefused: 422,
     e.BackendError: 502,
     e.TransientBackendError: 503,
     e.AwaitingApproval: 503,  # a step waits for a person; never raised in a request, only in a worker

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from broker.api import parsing as p
+from broker.api.hosts import trusted_base_url
 from broker.domain.errors import VersionNotSupported
 from broker.services.osb import BrokerService
 from broker.services.requests import (
@@ -56,7 +57,7 @@ def caller() -> Caller:
     # PostgreSQL enforces: an over-long header must not turn an accepted request into a 500.
     ident = g.get("request_identity")
     return Caller(principal=g.get("principal"), originating_identity=g.get("originating_identity"),
-                  request_identity=ident[:p.MAX_ID_LENGTH] if ident else None, base_url=request.host_url)
+                  request_identity=ident[:p.MAX_ID_LENGTH] if ident else None, base_url=trusted_base_url())
 
 
 def respond(result: Result) -> tuple[Response, int]:

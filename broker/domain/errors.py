@@ -13,7 +13,8 @@
     │   ├── AsyncRequired           422  OSB error code AsyncRequired
     │   ├── ConcurrencyError        422  OSB error code ConcurrencyError
     │   ├── MaintenanceInfoConflict 422
-    │   └── RequiresApp             422
+    │   ├── RequiresApp             422
+    │   └── DeletionRefused         422  an approval of a key's deletion Key Protect would refuse
     ├── BackendError            502  the orchestrator failed (transient or permanent)
     │   ├── TransientBackendError
     │   │   └── AwaitingApproval     a step waits for a person (e.g. a dual-authorisation delete)
@@ -98,6 +99,11 @@ class MaintenanceInfoConflict(Unprocessable):
 
 class RequiresApp(Unprocessable):
     error_code = "RequiresApp"
+
+
+class DeletionRefused(Unprocessable):
+    """An approval of a key's deletion that Key Protect would refuse (no key, not set for deletion, the same
+    identity twice); raised by ``drbroker keys approve-deletion`` on the simulated backend."""
 
 
 class BackendError(BrokerError):

@@ -41,7 +41,8 @@ def register(app: Flask, S: FakeState) -> None:
             fault = Fault(id=len(S.faults) + 1, status=int(body.get("status", 503)), count=int(body.get("count", 1)),
                           service=body.get("service"), method=body.get("method"), path=body.get("path"),
                           retry_after=body.get("retry_after"), delay=float(body.get("delay", 0)),
-                          after=bool(body.get("after") or body.get("drop")), drop=bool(body.get("drop")))
+                          after=bool(body.get("after") or body.get("drop")), drop=bool(body.get("drop")),
+                          echo=bool(body.get("echo")))
             S.faults.append(fault)
             return jsonify(fault.__dict__), 201
 

@@ -76,8 +76,10 @@ def create_app(state: FakeState) -> Flask:
                 time.sleep(fault.delay)
             if fault.status:
                 headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-                raise FakeError(fault.status, "injected_fault", f"injected fault {fault.id}: HTTP {fault.status}",
-                                headers)
+                message = f"injected fault {fault.id}: HTTP {fault.status}"
+                if fault.echo:
+                    message += f": refused {request.get_data(as_text=True)[:2000]}"
+                raise FakeError(fault.status, "injected_fault", message, headers)
         S.lock.acquire()
         g.locked = True
         S.tick()

@@ -73,6 +73,9 @@ class Fault:
     # without one; otherwise ``status`` replaces the real answer), as when a load balancer times out.
     after: bool = False
     drop: bool = False
+    # ``echo``: the error message repeats the request's body, as some IBM APIs do
+    # when they refuse a field, so tests can check the broker keeps what it echoes out of its records.
+    echo: bool = False
 
     def matches(self, service: str, method: str, path: str, after: bool = False) -> bool:
         import re

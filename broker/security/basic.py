@@ -8,6 +8,9 @@ A hash is ``scrypt$<n>$<r>$<p>$<salt b64>$<key b64>``; checks derive the key fro
 compare with ``hmac.compare_digest``. A successful check is remembered (keyed by an HMAC of the header under
 a per-process random key, never the header itself) for a few minutes, so a platform polling
 ``last_operation`` does not pay one scrypt per request; failures are never remembered.
+
+Failures are counted per client address (``FailureBackoff``): an address that keeps failing is refused, 401
+with ``Retry-After`` and without running scrypt, for a delay that grows with each further failure.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import threading
@@ -28,6 +32,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from broker.domain.errors import Unauthorized
+from broker.security.filemodes import InsecureFileError, check_private, private_dir
 
 CREDENTIALS_FILE = "credentials.json"
 
@@ -125,9 +130,13 @@ def load_or_create_credentials(state_dir: Path) -> tuple[BasicCredentials, str |
     """
     path = state_dir / CREDENTIALS_FILE
     if path.exists():
+        try:
+            check_private(path)
+        except InsecureFileError as exc:
+            raise CredentialsError(str(exc)) from None
         (creds,) = read_credentials_file(path)
         return creds, None
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     password = secrets.token_urlsafe(24)
     creds = BasicCredentials("broker", hash_password(password))
     # O_EXCL: two processes starting at once must not both write (and print) different passwords.
@@ -185,13 +194,72 @@ _VERIFIED_SECONDS = 300.0
 _VERIFIED: TTLCache[bytes, bool] = TTLCache(maxsize=_VERIFIED_SIZE, ttl=_VERIFIED_SECONDS, timer=time.monotonic)
 
 
+class FailureBackoff:
+    """Per-client back-off on failed basic authentication, so that wrong passwords cannot buy scrypt CPU.
+
+    A client is ``request.remote_addr`` (behind a reverse proxy that is the proxy's address: all clients behind
+    it share one budget). After ``threshold`` failures, each no more than ``window`` seconds after the one before,
+    the address is blocked for ``base_delay`` seconds, doubling with every further failure up to ``max_delay``;
+    while blocked its attempts are answered 401 with ``Retry-After`` without running scrypt, whatever they
+    offer. A success clears the address. At most ``maxsize`` addresses are tracked (TTLCache: the least
+    recently used go first; an entry expires ``window + max_delay`` seconds after its last failure).
+    """
+
+    def __init__(self, *, threshold: int = 10, window: float = 300.0, base_delay: float = 1.0,
+                 max_delay: float = 60.0, maxsize: int = 10_000, clock: Any = time.monotonic) -> None:
+        self.threshold, self.window, self.base_delay, self.max_delay = threshold, window, base_delay, max_delay
+        self.clock = clock
+        self._lock = threading.Lock()
+        # address -> [failures, time of the last failure, blocked until]
+        self._clients: TTLCache[str, list[float]] = TTLCache(maxsize=maxsize, ttl=window + max_delay, timer=clock)
+
+    def retry_after(self, client: str) -> float:
+        """Seconds ``client`` must still wait (0: it may try now)."""
+        with self._lock:
+            entry = self._clients.get(client)
+            return max(0.0, entry[2] - self.clock()) if entry else 0.0
+
+    def failed(self, client: str) -> None:
+        now = self.clock()
+        with self._lock:
+            entry = self._clients.get(client)
+            if entry is None or now - entry[1] > self.window:
+                entry = [0, now, 0.0]
+            entry[0] += 1
+            entry[1] = now
+            if entry[0] >= self.threshold:
+                entry[2] = now + min(self.max_delay, self.base_delay * 2 ** (entry[0] - self.threshold))
+            self._clients[client] = entry  # (re)starts its time to live
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._clients.pop(client, None)
+
+
+def _client_address() -> str | None:
+    """The calling address of the current request (None outside one, e.g. a direct call in a test)."""
+    from flask import has_request_context, request
+
+    return request.remote_addr if has_request_context() else None
+
+
+def _send_retry_after(seconds: float) -> None:
+    from flask import after_this_request
+
+    @after_this_request
+    def _header(response: Any) -> Any:
+        response.headers["Retry-After"] = str(max(1, math.ceil(seconds)))
+        return response
+
+
 class BasicAuthenticator:
     scheme = "basic"
     challenge = 'Basic realm="drbroker"'
 
-    def __init__(self, *credentials: BasicCredentials) -> None:
+    def __init__(self, *credentials: BasicCredentials, backoff: FailureBackoff | None = None) -> None:
         if not credentials:
             raise ValueError("basic authentication needs at least one credential pair")
+        self.backoff = backoff if backoff is not None else FailureBackoff()
         self._entries = [(hashlib.sha256(c.username.encode()).digest(), c.username, c.password_hash,
                           PasswordHash.parse(c.password_hash)) for c in credentials]
 
@@ -214,12 +282,26 @@ class BasicAuthenticator:
             if hmac.compare_digest(user_digest, digest) and name is None:
                 encoded, candidate, name = entry_encoded, entry_hash, username
         cache_key = hmac.new(_PROCESS_KEY, f"{encoded}\0{password}".encode(), hashlib.sha256).digest()
+        client = _client_address()
+        if client is not None:
+            wait = self.backoff.retry_after(client)
+            if wait > 0:  # refused before any scrypt: a blocked address cannot spend the broker's CPU
+                _send_retry_after(wait)
+                raise Unauthorized(f"too many failed authentication attempts from this address; "
+                                   f"retry after {max(1, math.ceil(wait))} s")
         with _HASHED_LOCK:
             ok = _VERIFIED.get(cache_key, False)  # an expired entry is gone: TTLCache never answers it
         if not ok:
             ok = candidate.matches(password)
         if not ok or name is None:
+            if client is not None:
+                self.backoff.failed(client)
+                wait = self.backoff.retry_after(client)
+                if wait > 0:  # this failure starts (or lengthens) the address's block: say for how long
+                    _send_retry_after(wait)
             raise Unauthorized("invalid credentials")
+        if client is not None:
+            self.backoff.succeeded(client)
         with _HASHED_LOCK:
             _VERIFIED[cache_key] = True  # (re)starts its time to live; evicts the least recently used if full
         return f"basic:{name}"

@@ -39,6 +39,8 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from broker.security.filemodes import insecure_message, private_dir
+
 PREFIX = "enc:v1:"
 FILE_FORMAT = "drbroker-kek/1"
 
@@ -111,7 +113,7 @@ class LocalKeyFile:
         return f"k-{time.strftime('%Y%m%d', time.gmtime())}-{secrets.token_hex(4)}"
 
     def _create(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         kid = self._new_id()
         doc = {"format": FILE_FORMAT, "active": kid,
                "keys": {kid: {"key": _b64(AESGCM.generate_key(bit_length=256)), "created": time.time()}}}
@@ -128,6 +130,9 @@ class LocalKeyFile:
 
     def _stat(self) -> tuple[int, int, int]:
         st = os.stat(self.path)
+        # Checked on every stat (each wrap, each reload), not only at start: a chmod changes none of the rest.
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise SecretsError(f"key file {insecure_message(self.path, stat.S_IMODE(st.st_mode))}")
         return st.st_ino, st.st_mtime_ns, st.st_size
 
     def _reload(self, *, force: bool = False) -> None:
@@ -138,10 +143,6 @@ class LocalKeyFile:
                 raise SecretsError(f"key file {self.path} has disappeared") from None
             if not force and seen == self._seen:
                 return
-            mode = stat.S_IMODE(os.stat(self.path).st_mode)
-            if mode & 0o077:
-                raise SecretsError(f"key file {self.path} is readable by others (mode {mode:o}); "
-                                   f"run: chmod 600 {self.path}")
             try:
                 doc = json.loads(self.path.read_text(encoding="utf-8"))
                 keys = {kid: _unb64(entry["key"]) for kid, entry in doc["keys"].items()}

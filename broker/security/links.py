@@ -21,7 +21,14 @@ from urllib.parse import quote, urlencode
 
 from itsdangerous import Signer
 
+from broker.security.filemodes import check_private, private_dir
+
 KEY_FILE = "dashboard.key"
+
+
+def _read_private(path: Path) -> bytes:
+    check_private(path)  # raises InsecureFileError naming the chmod to run
+    return path.read_bytes().strip()
 
 
 def load_or_create_secret(state_dir: Path, configured: str | None = None) -> bytes:
@@ -29,12 +36,12 @@ def load_or_create_secret(state_dir: Path, configured: str | None = None) -> byt
         return configured.encode()
     path = state_dir / KEY_FILE
     if path.exists():
-        return path.read_bytes().strip()
-    state_dir.mkdir(parents=True, exist_ok=True)
+        return _read_private(path)
+    private_dir(state_dir)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_bytes().strip()
+        return _read_private(path)
     value = secrets.token_urlsafe(32).encode()
     with os.fdopen(fd, "wb") as fh:
         fh.write(value)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterable
+from typing import Any
 
 MASK = "[REDACTED]"
 
@@ -80,11 +82,43 @@ def _value_end(text: str, start: int) -> int:
     return match.end() if match else start
 
 
-def redact(text: str) -> str:
+def write_only_values(parameters: Any, schema: Any) -> set[str]:
+    """The values in ``parameters`` that ``schema`` marks ``writeOnly`` (an instance's own secrets), as text:
+    passed to ``redact`` so that an error echoing them (an IBM body repeating the request) keeps none."""
+    found: set[str] = set()
+
+    def leaves(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                leaves(v)
+        elif isinstance(value, list):
+            for v in value:
+                leaves(v)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool) and len(str(value)) >= 4:
+            found.add(str(value))
+
+    def walk(node: Any, value: Any) -> None:
+        if not isinstance(node, dict) or value is None:
+            return
+        if node.get("writeOnly"):
+            leaves(value)
+            return
+        if isinstance(value, dict):
+            for name, sub in (node.get("properties") or {}).items():
+                if name in value:
+                    walk(sub, value[name])
+
+    walk(schema or {}, parameters)
+    return found
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without the secrets this module recognises, and without each of ``secrets`` (literal values
+    known to the caller, such as an instance's writeOnly parameters)."""
     if not text:
         return text
     with _literals_lock:
-        literals = sorted(_literals, key=len, reverse=True)
+        literals = sorted(_literals | {s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
     for literal in literals:
         if literal in text:
             text = text.replace(literal, MASK)

@@ -422,10 +422,11 @@ class BrokerService:
         body: dict[str, Any] = {
             "service_id": inst.service_id,
             "plan_id": inst.plan_id,
-            "dashboard_url": inst.dashboard_url,
             "parameters": params,
             "metadata": {"labels": {}, "attributes": attributes},
         }
+        if inst.dashboard_url:  # optional (OSB): an instance provisioned through an untrusted Host has none
+            body["dashboard_url"] = inst.dashboard_url
         if inst.maintenance_version:
             body["maintenance_info"] = {"version": inst.maintenance_version}
         return body

@@ -18,6 +18,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 
+from broker.security.filemodes import private_sqlite
+
 _ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
 
@@ -46,7 +48,8 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # 0700 directory, 0600 database (and so -wal/-shm): see broker.security.filemodes.
+            private_sqlite(parsed.database)
         # hide_parameters: statement values never appear in SQLAlchemy's logs or exception messages.
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                hide_parameters=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)

@@ -159,3 +159,26 @@ def count_by_kek(engine: Engine, kek_id_of: Callable[[str], str]) -> dict[str, i
                     kid = kek_id_of(value) if value.startswith("enc:") else "plaintext"
                     counts[kid] = counts.get(kid, 0) + 1
     return counts
+
+
+def sample_by_kek(engine: Engine, kek_id_of: Callable[[str], str], *,
+                  per_column: int = 20) -> dict[str, tuple[str, str, str]]:
+    """One sealed value per KEK id among the last ``per_column`` rows (by key) of every sealed column:
+    ``{kek id: (table, column AAD, value)}``. Cheap enough for every start (a few indexed queries), and a
+    replica given another key file finds every id unknown."""
+    found: dict[str, tuple[str, str, str]] = {}
+    with engine.connect() as conn:
+        for name, (key_cols, columns) in SEALED.items():
+            table = _TABLES[name]
+            keys = [table.c[k] for k in key_cols]
+            for column in columns:
+                stmt = (select(*keys, table.c[column]).where(table.c[column].like("enc:%"))
+                        .order_by(*(k.desc() for k in keys)).limit(per_column))
+                for row in conn.execute(stmt):
+                    value = row[len(keys)]
+                    try:
+                        kid = kek_id_of(value)
+                    except Exception:  # noqa: S112 - a malformed value is reported when it is read
+                        continue
+                    found.setdefault(kid, (name, aad(name, column, tuple(row[: len(keys)])), value))
+    return found

@@ -40,6 +40,7 @@ from broker.domain.models import (
     StepRecord,
 )
 from broker.domain.protocols import Orchestrator, StepContext
+from broker.security.redaction import redact, write_only_values
 from broker.store.repository import Store, Tx
 from broker.workflows.definitions import DR_ACTIONS, Step, steps_for
 from broker.workflows.retry import RetryDeadline, RetryPolicy
@@ -228,7 +229,7 @@ class Engine:
             began = time.perf_counter()
             try:
                 result = self.retry.call(
-                    lambda step=step, ctx=ctx: self.orchestrator.perform(step.action, ctx),
+                    lambda step=step, ctx=ctx: self._perform(step.action, ctx, op, inst),
                     on_retry=lambda n, exc, idx=idx, step=step, op_id=op.id: self._note_retry(
                         op_id, idx, step, len(steps), n, exc, owner),
                     deadline=due, clock=self.clock,
@@ -302,6 +303,29 @@ class Engine:
             tx.update_binding(op.instance_id, op.binding_id, credentials=done.credentials, updated_at=now)
         # attempts, started_at and the last transient error stay as the start and any retries wrote them
         tx.update_step(op.id, done.idx, state="done", finished_at=now, outputs=done.outputs)
+
+    def _perform(self, action: str, ctx: StepContext, op: Operation, inst: Instance | None) -> Mapping[str, Any]:
+        """One action; a backend error's text is redacted before anything records or logs it: an IBM error
+        body may echo the request, which can carry the orchestrator password or an API key."""
+        try:
+            return self.orchestrator.perform(action, ctx)
+        except BackendError as exc:
+            clean = redact(exc.description, self._secrets(op, inst, ctx))
+            if clean != exc.description:
+                exc.description = clean
+                exc.args = (clean,)
+            raise
+
+    def _secrets(self, op: Operation, inst: Instance | None, ctx: StepContext) -> set[str]:
+        """The instance's (and the operation's target and binding's) writeOnly parameter values."""
+        found: set[str] = set()
+        plans = [self.catalog.plan(op.payload.get("target_plan_id") or op.plan_id),
+                 self.catalog.plan(inst.plan_id) if inst else None]
+        for plan in filter(None, plans):
+            for slot, values in (("provision", inst.parameters if inst else {}), ("provision", ctx.parameters),
+                                 ("update", ctx.parameters), ("bind", ctx.binding_parameters)):
+                found |= write_only_values(values, plan.parameter_schema(slot))
+        return found
 
     def _observe(self, action: str, began: float, *, ok: bool) -> None:
         if self.observer is not None:
@@ -472,7 +496,7 @@ class Engine:
                 if not step.compensation:
                     continue
                 try:
-                    self.retry.call(lambda step=step: self.orchestrator.perform(step.compensation, ctx))
+                    self.retry.call(lambda step=step: self._perform(step.compensation, ctx, op, inst))
                     cleaned.append(step.compensation)
                     error = None
                 except (PermanentBackendError, TransientBackendError) as exc:

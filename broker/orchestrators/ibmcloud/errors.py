@@ -31,6 +31,7 @@ import urllib3.exceptions
 from ibm_cloud_sdk_core import ApiException, DetailedResponse
 
 from broker.domain.errors import BackendError, PermanentBackendError, TransientBackendError
+from broker.security.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,9 @@ def to_domain(exc: BaseException, what: str) -> BackendError:
         rule = rule_for_status(exc.status_code)
         headers = exc.http_response.headers if exc.http_response is not None else {}
         tid = transaction_id(headers) or exc.global_transaction_id
-        text = f"{what}: {exc.status_code} {rule.why}: {_error_detail(exc)}"
+        # IBM's words may echo the request (passwords, API keys): redacted here, and again by the engine with
+        # the instance's own writeOnly values before the text reaches an operation or a log.
+        text = f"{what}: {exc.status_code} {rule.why}: {redact(_error_detail(exc))}"
         if tid:
             text += f" (IBM transaction {tid})"
         if rule.transient:
@@ -197,7 +200,7 @@ def to_domain(exc: BaseException, what: str) -> BackendError:
     rule = rule_for_exception(exc)
     if rule is None:
         raise TypeError(f"no error rule for {type(exc).__name__}") from exc
-    text = f"{what}: {rule.why} ({type(exc).__name__}: {str(exc)[:200]})"
+    text = f"{what}: {rule.why} ({type(exc).__name__}: {redact(str(exc))[:200]})"
     return TransientBackendError(text) if rule.transient else PermanentBackendError(text)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from broker.domain.errors import PermanentBackendError, Unprocessable
+from broker.domain.errors import DeletionRefused, PermanentBackendError
 from broker.orchestrators.simulated.cloud import Resource, SimulatedCloud
 
 MONTH_SECONDS = 30 * 86400.0
@@ -45,11 +45,6 @@ class Wrapped:
 
 def _aad(aad: list[str]) -> bytes:
     return "\x1f".join(aad).encode()
-
-
-class DeletionRefused(Unprocessable):
-    """An approval of a key's deletion that Key Protect would refuse (no key, not set for deletion, the same
-    identity twice)."""
 
 
 def _version(now: float) -> dict[str, Any]:
