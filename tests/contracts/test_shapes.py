@@ -232,3 +232,59 @@ def test_a_lost_answer_takes_effect_first(fake: FakeCloudServer) -> None:
     _enable(fake, headers, guid, "vol-app-data-1")
     r = requests.post(groups, headers=headers, json={"name": "kept", "volumeIDs": ["vol-app-data-1"]}, timeout=10)
     assert r.status_code in (202, 206), r.text
+
+
+# what the client reads ----------------------------------------------------------------------------------
+# Names the ibmcloud client reads that are not fields of an API model, each for a reason: IBM's error bodies
+# (the SDKs model none; ``errors.py`` reads Key Protect's ``reasons``/``errorMsg`` and IAM's ``errorMessage``),
+# response headers, and the query parameters it builds or follows (``next`` links carry ``pagetoken``).
+NOT_MODEL_FIELDS = {"reasons": "Key Protect error body", "errorMsg": "Key Protect error body",
+                    "errorMessage": "IAM token error body", "Retry-After": "header", "Content-Type": "header",
+                    "pagetoken": "query parameter of IAM's next link", "stand_by_redeploy": "DR Automation query"}
+
+
+def test_every_field_the_ibmcloud_client_reads_is_in_ibms_definitions() -> None:
+    """The wire checks hold what is sent and answered; this holds what the client *reads*: every constant key it
+    reads (``x.get("k")``, ``x["k"]``) is a property of some IBM model, a key the backend writes itself (its
+    step outputs, request bodies), a catalog parameter, a ``DRBROKER_`` setting, or listed above with its reason."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    props: set[str] = set()
+
+    def walk(x: object) -> None:
+        if isinstance(x, dict):
+            props.update(x.get("properties") or {})
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    for svc in load().services.values():
+        walk(svc.defs)
+    written: set[str] = set()
+    reads: dict[str, str] = {}
+    for path in sorted((root / "broker/orchestrators/ibmcloud").glob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.Dict):
+                written |= {k.value for k in n.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+            elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
+                if n.func.attr in ("update", "setdefault", "pop"):
+                    written |= {k.arg for k in n.keywords if k.arg}
+                if n.func.attr == "get" and n.args and isinstance(n.args[0], ast.Constant) \
+                        and isinstance(n.args[0].value, str):
+                    reads.setdefault(n.args[0].value, f"{path.name}:{n.lineno}")
+            elif isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant) \
+                    and isinstance(n.slice.value, str):
+                if isinstance(n.ctx, ast.Store):
+                    written.add(n.slice.value)
+                else:
+                    reads.setdefault(n.slice.value, f"{path.name}:{n.lineno}")
+    catalog = (root / "catalog/powervs-dr.yaml").read_text()
+    unknown = {k: where for k, where in reads.items()
+               if k not in props and k not in written and k not in NOT_MODEL_FIELDS
+               and not k.startswith("DRBROKER_") and f"{k}:" not in catalog}
+    assert not unknown, f"read but defined by no IBM model: {unknown}"
+    assert props >= {"volumeIDs", "keySetForDeletion", "onboardings"}  # the walk reached the models
