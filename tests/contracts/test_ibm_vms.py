@@ -6,7 +6,6 @@ measures RTO against the plan's target, and its clean-up deletes them before the
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from tests.conftest import PRIMARY, SECONDARY
 from tests.contracts.test_powervs_groups import IbmDR, _broker
 from tests.ibmfake import fake_cloud
-from tests.services.conftest import CUSTOMER_VM, params_for, vm_safety_case
+from tests.services.conftest import CUSTOMER_VM, PRIORITIES, STOP_ORDER, check_order, params_for, vm_safety_case
 
 P_GUID = PRIMARY.rstrip(":").rsplit(":", 1)[-1]
 S_GUID = SECONDARY.rstrip(":").rsplit(":", 1)[-1]
@@ -63,29 +62,15 @@ def test_dr_actions_never_touch_a_vm_the_instance_does_not_manage(ibm: IbmDR, pl
     assert not ibm.my_violations()
 
 
-PRIORITIES = [{"pvm_instance_id": "vm-app-1", "priority": "Low"}, {"pvm_instance_id": "vm-web-1", "priority": "Medium"},
-              {"pvm_instance_id": "vm-db-1", "priority": "High"}]
-STOP_ORDER = ["vm-app-1", "vm-web-1", "vm-db-1"]
-
-
-def _check_order(step: Any, action: str, expected: list[str]) -> None:
-    order = step.outputs["order"]
-    assert [r["managed_vm"] for r in order] == expected, order
-    assert {r["action"] for r in order} == {action}, order
-    assert all(r["state"] == ("ACTIVE" if action == "start" else "SHUTOFF") for r in order), order
-    for before, after in itertools.pairwise(order):
-        assert before["ready_at"] <= after["at"], (before, after)  # polled to its state before the next group
-
-
 def test_vms_stop_low_first_and_start_high_first(ibm: IbmDR) -> None:
     add_vm(ibm, "vm-web-1")
     ibm.ready_plan("ivm-prio", "ksys-managed", {**params_for("ksys-managed"), "managed_vms": PRIORITIES})
     fo = run(ibm, "ivm-prio", "failover", "planned")
-    _check_order(fo["stop_primary_vms"], "stop", STOP_ORDER)
-    _check_order(fo["start_secondary_vms"], "start", STOP_ORDER[::-1])
+    check_order(fo["stop_primary_vms"], "stop", STOP_ORDER)
+    check_order(fo["start_secondary_vms"], "start", STOP_ORDER[::-1])
     fb = run(ibm, "ivm-prio", "failback")
-    _check_order(fb["stop_secondary_vms"], "stop", STOP_ORDER)
-    _check_order(fb["start_primary_vms"], "start", STOP_ORDER[::-1])
+    check_order(fb["stop_secondary_vms"], "stop", STOP_ORDER)
+    check_order(fb["start_primary_vms"], "start", STOP_ORDER[::-1])
     assert all(status(ibm, PRIMARY, vm) == "ACTIVE" for vm in STOP_ORDER)
     assert not ibm.my_violations()
 

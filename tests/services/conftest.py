@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -82,3 +83,18 @@ def vm_safety_case(plan: str, managed: str) -> tuple[dict[str, Any], list[str]]:
     untouched = ([CUSTOMER_VM] + (["vm-db-1"] if managed == "listed" else [])
                  if plan != "grs-async" else [CUSTOMER_VM, "vm-app-1", "vm-db-1"])
     return params, untouched
+
+PRIORITIES = [{"pvm_instance_id": "vm-app-1", "priority": "Low"}, {"pvm_instance_id": "vm-web-1", "priority": "Medium"},
+              {"pvm_instance_id": "vm-db-1", "priority": "High"}]
+STOP_ORDER = ["vm-app-1", "vm-web-1", "vm-db-1"]  # Low, Medium, High
+
+
+def check_order(step: Any, action: str, expected: list[str]) -> None:
+    """A recovery-order step record: the VMs in ``expected`` order, each acted on and in its target state, and
+    each priority group acted on only once the previous one reached its state."""
+    order = step.outputs["order"]
+    assert [r["managed_vm"] for r in order] == expected, order
+    assert {r["action"] for r in order} == {action}, order
+    assert all(r["state"] == ("ACTIVE" if action == "start" else "SHUTOFF") for r in order), order
+    for before, after in itertools.pairwise(order):
+        assert before["ready_at"] <= after["at"], (before, after)

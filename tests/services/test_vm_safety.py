@@ -4,7 +4,6 @@ against the plan's target."""
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,16 @@ import pytest
 from broker.app import build_runtime, create_app
 from broker.orchestrators.simulated.cloud import SEED_OWNER, SimulatedCloud
 from tests.conftest import PRIMARY, make_settings
-from tests.services.conftest import CUSTOMER_VM, DR, PLAN_NAMES, params_for, vm_safety_case
+from tests.services.conftest import (
+    CUSTOMER_VM,
+    DR,
+    PLAN_NAMES,
+    PRIORITIES,
+    STOP_ORDER,
+    check_order,
+    params_for,
+    vm_safety_case,
+)
 
 # Every action each plan offers (rehearsal-only refuses real moves).
 FULL = [("test_failover", None), ("cleanup_test", None), ("failover", "planned"), ("failback", None),
@@ -67,31 +75,16 @@ def test_grs_async_workflows_have_no_vm_steps(dr: DR) -> None:
         assert not [n for n in names if n.endswith("_vms")], (kind, mode, names)
 
 
-PRIORITIES = [{"pvm_instance_id": "vm-app-1", "priority": "Low"}, {"pvm_instance_id": "vm-web-1", "priority": "Medium"},
-              {"pvm_instance_id": "vm-db-1", "priority": "High"}]
-STOP_ORDER = ["vm-app-1", "vm-web-1", "vm-db-1"]  # Low, Medium, High
-
-
-def _check_order(step: Any, action: str, expected: list[str]) -> None:
-    order = step.outputs["order"]
-    assert [r["managed_vm"] for r in order] == expected, order
-    assert {r["action"] for r in order} == {action}, order
-    assert all(r["state"] == ("ACTIVE" if action == "start" else "SHUTOFF") for r in order), order
-    for before, after in itertools.pairwise(order):
-        # a priority group is acted on only once the previous one has reached its state
-        assert before["ready_at"] <= after["at"], (before, after)
-
-
 def test_vms_stop_low_first_and_start_high_first(dr: DR) -> None:
     add_customer_vm(dr, "vm-web-1")
     params = {**params_for("ksys-managed"), "managed_vms": PRIORITIES}
     dr.ready_plan("prio", "ksys-managed", params)
     fo = steps(dr, run(dr, "prio", "failover", "planned"))
-    _check_order(fo["stop_primary_vms"], "stop", STOP_ORDER)
-    _check_order(fo["start_secondary_vms"], "start", STOP_ORDER[::-1])
+    check_order(fo["stop_primary_vms"], "stop", STOP_ORDER)
+    check_order(fo["start_secondary_vms"], "start", STOP_ORDER[::-1])
     fb = steps(dr, run(dr, "prio", "failback"))
-    _check_order(fb["stop_secondary_vms"], "stop", STOP_ORDER)
-    _check_order(fb["start_primary_vms"], "start", STOP_ORDER[::-1])
+    check_order(fb["stop_secondary_vms"], "stop", STOP_ORDER)
+    check_order(fb["start_primary_vms"], "start", STOP_ORDER[::-1])
     assert primary_states(dr) == {"vm-app-1": "ACTIVE", "vm-web-1": "ACTIVE", "vm-db-1": "ACTIVE"}
 
 
