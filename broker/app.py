@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from broker.api import audit as api_audit
 from broker.api import dashboard, health, ibm, metrics, openapi, osb
+from broker.api.audit_refusals import RefusalLimiter
 from broker.api.errors import body_for, status_for
 from broker.api.rawpath import RawPathMiddleware
 from broker.config import Settings
@@ -24,7 +25,7 @@ from broker.domain.catalog import Catalog, load_catalog
 from broker.domain.errors import BrokerError, PayloadTooLarge, Unauthorized
 from broker.domain.protocols import Orchestrator
 from broker.security import redaction
-from broker.security.audit import AuditTrail
+from broker.security.audit import AuditTrail, bounded
 from broker.security.basic import (
     BasicAuthenticator,
     BasicCredentials,
@@ -60,6 +61,8 @@ class Runtime:
     service: BrokerService
     authenticators: list[Any] = field(default_factory=list)
     audit: AuditTrail | None = None
+    # Which refused requests get an audit record of their own (broker.api.audit_refusals).
+    refusals: Any = None
     # Hourly usage records for paid plans (ibmcloud backend with DRBROKER_METERING_RESOURCE_ID); started with
     # the operation worker in each serving process.
     meter: Any = None
@@ -90,7 +93,7 @@ class Runtime:
         return ", ".join(a.challenge for a in self.authenticators) or 'Basic realm="drbroker"'
 
 
-def make_orchestrator(settings: Settings, store: Store) -> Orchestrator:
+def make_orchestrator(settings: Settings, store: Store, audit: AuditTrail | None = None) -> Orchestrator:
     if settings.orchestrator == "simulated":
         from broker.orchestrators.simulated.orchestrator import SimulatedOrchestrator
 
@@ -101,7 +104,8 @@ def make_orchestrator(settings: Settings, store: Store) -> Orchestrator:
         from broker.orchestrators.ibmcloud.config import IbmCloudConfig
         from broker.orchestrators.ibmcloud.orchestrator import IbmCloudOrchestrator
 
-        return IbmCloudOrchestrator(IbmCloudConfig.from_env(settings.ibmcloud_env), store, audit=AuditTrail(store))
+        return IbmCloudOrchestrator(IbmCloudConfig.from_env(settings.ibmcloud_env), store,
+                                    audit=audit or AuditTrail(store))
     raise SystemExit(f"DRBROKER_ORCHESTRATOR={settings.orchestrator!r} is not available "
                      "(choose: simulated, ibmcloud)")
 
@@ -223,7 +227,8 @@ def build_runtime(settings: Settings) -> Runtime:
     envelope = make_envelope(settings)
     check_data_keys(engine, envelope)
     store = Store(engine, sealer=envelope)
-    orchestrator = make_orchestrator(settings, store)
+    audit = make_audit(settings, store)
+    orchestrator = make_orchestrator(settings, store, audit)
     wf_engine = Engine(store, catalog, orchestrator)
     worker = Worker(store, wf_engine, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                     threads=settings.worker_threads)
@@ -231,13 +236,33 @@ def build_runtime(settings: Settings) -> Runtime:
                             sync_bind_timeout=settings.sync_bind_timeout,
                             account_instance_limit=settings.account_instance_limit)
     runtime = Runtime(settings=settings, store=store, catalog=catalog, orchestrator=orchestrator,
-                      engine=wf_engine, worker=worker, service=service, audit=AuditTrail(store))
+                      engine=wf_engine, worker=worker, service=service, audit=audit)
+    runtime.refusals = RefusalLimiter(lambda event: audit.append(bounded(event)),
+                                      per_client=settings.audit_refused_per_client,
+                                      total=settings.audit_refused_per_minute)
     runtime.authenticators = make_authenticators(settings, runtime)
     runtime.meter = make_meter(settings, runtime)
     runtime.rpo_sampler = RpoSampler(store, orchestrator, interval=settings.rpo_sample_seconds)
     runtime.key_rotation = make_key_rotation(orchestrator)
     wf_engine.observer = metrics.MetricsObserver()
     return runtime
+
+
+def make_audit(settings: Settings, store: Store) -> AuditTrail:
+    """The audit trail, its MAC key opened (created on the first start after the upgrade): a replica whose KEK
+    cannot open it stops here, like one that cannot open the data keys."""
+    from broker.security.audit_key import AuditKeyError
+
+    trail = AuditTrail(store, checkpoint=settings.audit_checkpoint)
+    try:
+        trail.ensure_key()
+    except AuditKeyError as exc:
+        raise SystemExit(f"drbroker: audit trail: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"DRBROKER_AUDIT_CHECKPOINT: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise SystemExit(database_error(settings.database_url, exc)) from None
+    return trail
 
 
 def make_key_rotation(orchestrator: Orchestrator) -> Any:
@@ -303,15 +328,17 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @app.after_request
     def _echo(response: Response) -> Response:
-        if request.method != "GET" or response.status_code >= 400:
-            # One line per mutating or refused request, carrying the request identity (never a body).
+        if (request.method != "GET" or response.status_code >= 400) and not api_audit.is_refused(response):
+            # One line per mutating or failed request, carrying the request identity (never a body); a refused
+            # mutating request has its own line (broker.api.audit).
             access_log.info("%s %s -> %s", request.method, request.path, response.status_code)
         ident = g.get("request_identity")
         if ident:
             response.headers["X-Broker-API-Request-Identity"] = ident
         return response
 
-    # Every mutating request, refused ones included, appends a record to the hash-chained audit trail.
+    # Every mutating request, refused ones included (bounded, at a bounded rate), appends a record to the
+    # MAC-chained audit trail.
     app.after_request(api_audit.record)
 
     @app.errorhandler(BrokerError)

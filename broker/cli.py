@@ -216,23 +216,29 @@ def dashboard() -> None:
 
 @dashboard.command("link")
 @click.argument("instance_id")
-@click.option("--ttl", default=3600, show_default=True, type=int, help="seconds the link stays valid")
+@click.option("--ttl", type=int, help="seconds the link stays valid (default 3600, or the maximum if lower; at most "
+              "DRBROKER_DASHBOARD_LINK_MAX_SECONDS)")
 @click.option("--base-url", help="the broker's external URL (default DRBROKER_PUBLIC_URL)")
-def dashboard_link(instance_id: str, ttl: int, base_url: str | None) -> None:
+def dashboard_link(instance_id: str, ttl: int | None, base_url: str | None) -> None:
     """Print a signed link that opens one instance's dashboard until it expires."""
-    from broker.security.links import load_or_create_secret, signed_url
+    from broker.security.filemodes import InsecureFileError
+    from broker.security.links import DashboardLinks, LinkLifetimeError
 
     settings = Settings.from_env()
     base = base_url or settings.public_url
     if not base:
         raise click.UsageError("--base-url (or DRBROKER_PUBLIC_URL) is required")
-    from broker.security.filemodes import InsecureFileError
-
     try:
-        secret = load_or_create_secret(settings.state_dir, settings.dashboard_secret)
+        links = DashboardLinks.from_settings(settings)
+        click.echo(links.url(base, instance_id, ttl if ttl is not None else min(3600, links.max_seconds)))
+    except LinkLifetimeError as exc:
+        raise click.UsageError(str(exc)) from None
     except InsecureFileError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(signed_url(base, secret, instance_id, ttl))
+    except OSError as exc:  # e.g. a read-only root and no writable DRBROKER_STATE_DIR
+        raise click.ClickException(f"cannot keep the link key in {settings.state_dir}: {exc.strerror}; set "
+                                   "DRBROKER_DASHBOARD_SECRET (the same for every replica) or DRBROKER_STATE_DIR") \
+            from None
 
 
 @main.group()

@@ -165,7 +165,7 @@ def show(operation_id: str, as_json: bool) -> None:
 @operations.command("retry")
 @click.argument("operation_id")
 def retry(operation_id: str) -> None:
-    """Queue a FAILED operation again (the latest of its instance or binding; see README for the rules)."""
+    """Queue a FAILED operation again (the latest of its instance or binding; rules: docs/architecture.md)."""
     admin = _admin()
     try:
         op = admin.retry(operation_id)

@@ -52,6 +52,24 @@ def keys_status() -> None:
         click.echo(f"  {kid}: {n} sealed value(s)")
 
 
+@keys.command("init")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+def keys_init(path: str) -> None:
+    """Write a new local KEK file (kek.json, 0600 in a 0700 directory) to share with every replica, e.g. as a
+    Kubernetes Secret. Refuses to overwrite a file that exists: its key may seal data somewhere."""
+    from pathlib import Path
+
+    from broker.security.envelope import LocalKeyFile, SecretsError
+
+    if Path(path).exists():
+        raise click.ClickException(f"{path} exists; it may hold the key of an existing database (not replaced)")
+    try:
+        kek = LocalKeyFile(path)
+    except (OSError, SecretsError) as exc:
+        raise click.ClickException(f"cannot write {path}: {exc}") from None
+    click.echo(f"wrote {path}: active key {kek.active_id()}")
+
+
 @keys.command("rotate")
 @click.option("--batch", default=50, show_default=True, type=click.IntRange(1, 10_000),
               help="rows per write transaction")
@@ -65,6 +83,7 @@ def keys_rotate(batch: int, grace: float) -> None:
     key file, so every record keeps opening, until a pass finds nothing left under them.
     """
     from broker.app import make_envelope
+    from broker.security import audit_key
     from broker.security.audit import AuditEvent, AuditTrail
     from broker.store.repository import Store
     from broker.store.sealed import RewrapStats, rewrap_all
@@ -80,6 +99,8 @@ def keys_rotate(batch: int, grace: float) -> None:
     total = RewrapStats()
     for passes in range(1, 21):
         stats = rewrap_all(engine, envelope, batch=batch)
+        # The audit trail's MAC key is sealed under the KEK too: once the old keys are retired it must open.
+        stats.rewrapped += audit_key.rewrap(engine, envelope)
         for name in ("examined", "rewrapped", "sealed_plaintext", "raced", "transactions"):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
         click.echo(f"pass {passes}: {stats.examined} value(s) examined, {stats.rewrapped} re-wrapped, "
@@ -91,7 +112,7 @@ def keys_rotate(batch: int, grace: float) -> None:
         raise click.ClickException("values kept changing for 20 passes; the old keys are kept, run it again")
     retired = envelope.kek.finish_rotation()
     seconds = time.monotonic() - started
-    AuditTrail(Store(engine, envelope)).append(AuditEvent(
+    AuditTrail(Store(engine, envelope), checkpoint=settings.audit_checkpoint).append(AuditEvent(
         action="keys:rotate", principal=_operator(), outcome="ok",
         detail={"new_key": new, "retired_keys": retired, "rewrapped": total.rewrapped,
                 "sealed_plaintext": total.sealed_plaintext, "seconds": round(seconds, 3)}))
@@ -129,7 +150,7 @@ def keys_approve_deletion(instance_id: str, approver: str) -> None:
             "says); the broker notices at its next look")
     engine = _engine(settings)
     store = Store(engine, sealer=make_envelope(settings))
-    trail = AuditTrail(store)
+    trail = AuditTrail(store, checkpoint=settings.audit_checkpoint)
     principal = _operator()
     try:
         auth = SimKeyProtect(SimulatedCloud(engine)).approve_deletion(instance_id, approver=approver)
@@ -156,7 +177,7 @@ def keys_approve_deletion(instance_id: str, approver: str) -> None:
 
 @click.group()
 def audit() -> None:
-    """The hash-chained audit trail."""
+    """The MAC-chained audit trail."""
 
 
 def _since(value: str | None) -> float | None:
@@ -184,19 +205,38 @@ def audit_export(since: str | None) -> None:
         sys.stdout.write(json.dumps(trail.exported(record), sort_keys=True) + "\n")
 
 
+def _verifying_envelope(settings: Settings):  # type: ignore[no-untyped-def]
+    """The KEK that opens the audit MAC key; a missing local key file is an error, never a new key."""
+    from broker.app import make_envelope
+
+    if settings.kek == "local" and not settings.kek_path.exists():
+        raise click.ClickException(f"no KEK file at {settings.kek_path} (DRBROKER_KEK_FILE): verifying the "
+                                   "keyed audit trail needs the KEK that sealed its MAC key")
+    return make_envelope(settings)
+
+
 @audit.command("verify")
 @click.option("--head", help="a record hash exported earlier that must still be in the chain")
-def audit_verify(head: str | None) -> None:
-    """Check the hash chain; exit 1 naming the first broken record."""
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="the checkpoint file whose head must still be in the chain  [default: DRBROKER_AUDIT_CHECKPOINT]")
+def audit_verify(head: str | None, checkpoint: str | None) -> None:
+    """Check every record's link (MAC, or SHA-256 for records from before the chain was keyed) and the head
+    against the checkpoint file; exit 1 naming the first broken record, a truncation or a missing checkpoint."""
     from broker.security.audit import AuditTrail
     from broker.store.repository import Store
 
     settings = Settings.from_env()
-    result = AuditTrail(Store(_engine(settings))).verify(head=head)
+    checkpoint = checkpoint or settings.audit_checkpoint
+    engine = _engine(settings)
+    result = AuditTrail(Store(engine, _verifying_envelope(settings))).verify(head=head, checkpoint=checkpoint)
+    engine.dispose()
     if not result.ok:
         click.echo(f"audit trail BROKEN: {result.problem}", err=True)
         sys.exit(1)
-    click.echo(f"audit trail intact: {result.records} record(s), head {result.head}")
+    keyed = result.records - result.legacy
+    click.echo(f"audit trail intact: {result.records} record(s) ({keyed} keyed, {result.legacy} unkeyed from "
+               f"before the upgrade), head #{result.head_id} {result.head}; "
+               + (result.checkpoint or "no checkpoint file (set DRBROKER_AUDIT_CHECKPOINT) to detect truncation"))
 
 
 @click.group()

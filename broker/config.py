@@ -55,11 +55,17 @@ class Settings:
     account_instance_limit: int = 20
     rpo_sample_seconds: float = 60.0
     dashboard_secret: str | None = None
+    # The longest a signed dashboard link may live (docs/dashboard.md): the links handed to the platform live this
+    # long, and `drbroker dashboard link --ttl` may ask for no more.
+    dashboard_link_max_seconds: float = 86400.0
     metrics_public: bool = False
     # Authentication (README: "Authentication"): IBM IAM for bearer-crn, extra basic credential pairs.
     iam_url: str = "https://iam.cloud.ibm.com"
     broker_crn: str | None = None
     credentials_file: str | None = None
+    # DRBROKER_STATE_DIR: the one directory every file the broker writes goes to (docs/deploying.md); unset, the
+    # SQLite file's directory, else ./.drbroker (see state_dir).
+    state_directory: str | None = None
     # Secrets at rest (README: "Secrets at rest"): the key-encryption key.
     kek: str = "local"
     kek_file: str | None = None
@@ -68,6 +74,11 @@ class Settings:
     kek_instance_id: str | None = None
     kek_root_key_id: str | None = None
     kek_apikey: str | None = None
+    # The audit trail (docs/security.md, "Audit trail"): the head's checkpoint file outside the database, and
+    # how many refused requests per client and in all get a record of their own per minute and process.
+    audit_checkpoint: str | None = None
+    audit_refused_per_client: int = 10
+    audit_refused_per_minute: int = 60
     # The ibmcloud backend (README: "Running against IBM Cloud"): every DRBROKER_IBMCLOUD_* and
     # DRBROKER_METERING_* variable, read by broker.orchestrators.ibmcloud.config.
     ibmcloud_env: Mapping[str, str] = field(default_factory=dict)
@@ -76,7 +87,9 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if env is None else env
         settings = cls(
-            database_url=env.get("DRBROKER_DATABASE_URL") or cls.database_url,
+            database_url=env.get("DRBROKER_DATABASE_URL") or (
+                f"sqlite:///{Path(env['DRBROKER_STATE_DIR']) / 'state.db'}" if env.get("DRBROKER_STATE_DIR")
+                else cls.database_url),
             orchestrator=env.get("DRBROKER_ORCHESTRATOR") or "simulated",
             sim_step_seconds=env_float(env, "DRBROKER_SIM_STEP_SECONDS", 1.0),
             sim_faults=env.get("DRBROKER_SIM_FAULTS", ""),
@@ -98,16 +111,21 @@ class Settings:
             account_instance_limit=int(env_float(env, "DRBROKER_ACCOUNT_INSTANCE_LIMIT", 20)),
             rpo_sample_seconds=env_float(env, "DRBROKER_RPO_SAMPLE_SECONDS", 60.0),
             dashboard_secret=env.get("DRBROKER_DASHBOARD_SECRET") or None,
+            dashboard_link_max_seconds=env_float(env, "DRBROKER_DASHBOARD_LINK_MAX_SECONDS", 86400.0),
             metrics_public=(env.get("DRBROKER_METRICS_PUBLIC") or "").lower() in ("1", "true", "yes"),
             iam_url=(env.get("DRBROKER_IAM_URL") or "https://iam.cloud.ibm.com").rstrip("/"),
             broker_crn=env.get("DRBROKER_BROKER_CRN") or None,
             credentials_file=env.get("DRBROKER_CREDENTIALS_FILE") or None,
+            state_directory=env.get("DRBROKER_STATE_DIR") or None,
             kek=(env.get("DRBROKER_KEK") or "local").strip().lower(),
             kek_file=env.get("DRBROKER_KEK_FILE") or None,
             kek_keyprotect_url=env.get("DRBROKER_KEK_KEYPROTECT_URL") or "https://us-south.kms.cloud.ibm.com",
             kek_instance_id=env.get("DRBROKER_KEK_INSTANCE_ID") or None,
             kek_root_key_id=env.get("DRBROKER_KEK_ROOT_KEY_ID") or None,
             kek_apikey=env.get("DRBROKER_KEK_APIKEY") or env.get("DRBROKER_IBMCLOUD_APIKEY") or None,
+            audit_checkpoint=env.get("DRBROKER_AUDIT_CHECKPOINT") or None,
+            audit_refused_per_client=int(env_float(env, "DRBROKER_AUDIT_REFUSED_PER_CLIENT", 10)),
+            audit_refused_per_minute=int(env_float(env, "DRBROKER_AUDIT_REFUSED_PER_MINUTE", 60)),
             ibmcloud_env={k: v for k, v in env.items()
                           if k.startswith(("DRBROKER_IBMCLOUD_", "DRBROKER_METERING_"))},
         )
@@ -120,7 +138,10 @@ class Settings:
 
     @property
     def state_dir(self) -> Path:
-        """Where generated files (credentials) live: beside the SQLite file, else ./.drbroker."""
+        """Where every file the broker writes lives (kek.json, dashboard.key, generated credentials):
+        ``DRBROKER_STATE_DIR``, else beside the SQLite file, else ./.drbroker."""
+        if self.state_directory:
+            return Path(self.state_directory)
         if self.database_url.startswith("sqlite:///") and ":memory:" not in self.database_url:
             return Path(self.database_url[len("sqlite:///"):]).parent
         return DEFAULT_STATE_DIR

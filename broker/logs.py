@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 from flask import g, has_request_context
 
+# The identity is the client's header: bound what it can add to every log line, and keep it one printable token.
+MAX_LOGGED_IDENTITY = 64
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+
 
 def _request_identity() -> str | None:
     if has_request_context():
-        return g.get("request_identity")
+        ident = g.get("request_identity")
+        if ident:
+            return _UNPRINTABLE.sub("?", ident[:MAX_LOGGED_IDENTITY])
     return None
 
 

@@ -1,8 +1,9 @@
-"""``drbroker serve``: the broker on gunicorn (threaded workers), with the operation worker in each process.
+"""``drbroker serve``: the broker on gunicorn, with the operation worker in each process.
 
-SIGTERM drains: gunicorn stops accepting, lets in-flight requests finish, and our ``worker_exit`` hook
-stops the operation worker at its next step boundary, releasing its lease so the next start (or another
-replica) resumes at once.
+gunicorn manages the worker processes; each serves HTTP through the front (broker.front: waitress with
+header and body deadlines and a connection cap, TLS included). SIGTERM drains: the front stops accepting,
+lets in-flight requests finish, and our ``worker_exit`` hook stops the operation worker at its next step
+boundary, releasing its lease so the next start (or another replica) resumes at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from gunicorn.glogging import Logger as GunicornLogger
 from broker import logs
 from broker.app import Runtime, build_runtime, create_app
 from broker.config import Settings
+from broker.front.settings import FrontSettings
+from broker.front.tls import server_context
 from broker.security import redaction
 from broker.security.filemodes import InsecureFileError, check_private
 
@@ -53,13 +56,6 @@ class RedactingGunicornLogger(GunicornLogger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         redaction.install(self.error_log, self.access_log)
-
-
-def _tls_context(_config: Any, default_factory: Any) -> ssl.SSLContext:
-    """gunicorn's SSL context (certificate, key, ciphers), refusing anything older than TLS 1.2."""
-    context = default_factory()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
 
 
 def _runtime(worker: Any) -> Runtime:
@@ -113,17 +109,19 @@ def _child_exit(_server: Any, worker: Any) -> None:
 
 
 class BrokerServer(BaseApplication):
-    def __init__(self, settings: Settings, host: str, port: int, workers: int = 1, threads: int = 8,
-                 certfile: str | None = None, keyfile: str | None = None) -> None:
+    def __init__(self, settings: Settings, host: str, port: int, workers: int = 1,
+                 certfile: str | None = None, keyfile: str | None = None,
+                 front: FrontSettings | None = None) -> None:
         self.settings = settings
+        # Read by each worker (broker.front.worker.FrontWorker) after the fork.
+        self.front_settings = front or FrontSettings.from_env()
+        self.tls_files = (certfile, keyfile) if certfile and keyfile else None
         self.options = {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
-            "threads": threads,
+            "worker_class": "broker.front.worker.FrontWorker",
             "graceful_timeout": 30,
             "timeout": 120,
-            "keepalive": 5,
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
             "child_exit": _child_exit,
@@ -133,8 +131,6 @@ class BrokerServer(BaseApplication):
             "loglevel": settings.log_level.lower(),
             "logger_class": RedactingGunicornLogger,
         }
-        if certfile and keyfile:
-            self.options.update(certfile=certfile, keyfile=keyfile, ssl_context=_tls_context)
         super().__init__()
 
     def load_config(self) -> None:
@@ -150,11 +146,17 @@ class BrokerServer(BaseApplication):
 def serve(settings: Settings, host: str, port: int, workers: int = 1, *, certfile: str | None = None,
           keyfile: str | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
+    front = FrontSettings.from_env()
     if keyfile:
         try:
             check_private(keyfile)  # the TLS private key: nobody else may read it (broker.security.filemodes)
         except InsecureFileError as exc:
             raise SystemExit(f"--keyfile: {exc}") from None
+    if certfile and keyfile:
+        try:
+            server_context(certfile, keyfile)  # each worker builds its own; a bad pair stops start-up here
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(f"--certfile/--keyfile: {exc}") from None
     # Fail fast in the master: a broken catalog or database stops start-up with a clear message, and
     # migrations run once rather than racing in every worker.
     runtime = build_runtime(settings)
@@ -172,4 +174,4 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1, *, certfil
     print(f"drbroker: serving OSB 2.12-2.17 on {scheme}://{host}:{port} "
           f"({workers} worker process{'es' if workers > 1 else ''})", flush=True)
     runtime.store.engine.dispose()
-    BrokerServer(settings, host, port, workers, certfile=certfile, keyfile=keyfile).run()
+    BrokerServer(settings, host, port, workers, certfile=certfile, keyfile=keyfile, front=front).run()

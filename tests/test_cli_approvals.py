@@ -117,3 +117,24 @@ def test_a_waiting_deprovision_survives_a_broker_restart(tmp_path: Path, made: l
     again = _start(tmp_path, made)
     assert again.wait("da-3", timeout=20)["state"] == "succeeded"
     assert _root_key(again, "da-3") is None
+
+
+def test_waiting_for_a_second_approver_is_not_a_backend_error(dr: DR, cli: Any) -> None:
+    from prometheus_client import REGISTRY
+
+    def samples() -> tuple[float, float]:
+        errors = REGISTRY.get_sample_value("drbroker_backend_errors_total",
+                                           {"action": "delete_root_key", "kind": "failed"}) or 0.0
+        parked = REGISTRY.get_sample_value("drbroker_step_seconds_count",
+                                           {"action": "delete_root_key", "outcome": "parked"}) or 0.0
+        return errors, parked
+
+    dr.ready_plan("da-m", PLAN, _dual_params())
+    errors, parked = samples()
+    assert dr.deprovision("da-m", plan=dr.pid(PLAN)).status_code == 202
+    wait_until(lambda: "approve-deletion" in _last(dr, "da-m")["description"], 20, "the deprovision parks")
+    after_errors, after_parked = samples()
+    assert after_parked > parked  # the park is observed, as itself
+    assert after_errors == errors  # DrBrokerBackendErrors must not fire for a person's approval
+    cli("approve-deletion", "da-m", "--approver", "alice")
+    assert dr.wait("da-m", timeout=20)["state"] == "succeeded"

@@ -1,8 +1,14 @@
 """The audit record of each mutating request, taken at the HTTP edge after the response is decided.
 
-Every PUT, PATCH, DELETE and POST is recorded, refused ones included (401, 403, 400, 413, ...): who
-(principal, originating identity), what (action, ids, parameter *names*, plan), which request identity and
-the outcome (status, OSB error code, description after redaction). No value from a body is recorded.
+Every PUT, PATCH, DELETE and POST is recorded: who (principal, originating identity), what (action, ids,
+parameter *names*, plan), which request identity and the outcome (status, OSB error code, description after
+redaction). No value from a body is recorded.
+
+Requests refused before anyone was authenticated (``broker.api.audit_refusals``: 401, 403, 404, 405, 412, 413
+...) are also counted in ``drbroker_refused_requests_total`` and logged in one line (method, route, status,
+error code, client address; never the path, a header or the body), and recorded in bounded form at a bounded
+rate per client; their body is not read (the view never read it either). An error answered to an authenticated
+principal (4xx, 5xx) is recorded in bounded form, never suppressed; accepted requests are recorded whole.
 """
 
 from __future__ import annotations
@@ -10,22 +16,26 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 from flask import Response, current_app, g, request
 
+from broker.api import metrics
 from broker.api import parsing as p
 from broker.domain.errors import BrokerError
-from broker.security.audit import AuditEvent
+from broker.security.audit import AuditEvent, bounded
 from broker.security.redaction import redact
 
 log = logging.getLogger(__name__)
+refused_log = logging.getLogger("drbroker.refused")
 
 MUTATING = frozenset({"PUT", "PATCH", "DELETE", "POST"})
 _ACTIONS = {"osb.provision": "provision", "osb.update": "update", "osb.deprovision": "deprovision",
             "osb.bind": "bind", "osb.unbind": "unbind", "ibm.put_state": "bluemix_v1"}
 _OUTCOME = {200: "ok", 201: "created", 202: "accepted", 204: "ok"}
 _WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _MAX_NAMES = 100
 _MAX_BODY = 1024 * 1024
 
@@ -88,8 +98,24 @@ def _action(body: dict[str, Any] | None) -> str:
     return action
 
 
-def event_for(response: Response) -> AuditEvent:
-    body = _body()
+def is_refused(response: Response) -> bool:
+    """A mutating request answered 4xx before (or at) authentication: nobody was authenticated."""
+    return request.method in MUTATING and 400 <= response.status_code < 500 and not g.get("principal")
+
+
+def route() -> str:
+    """The URL rule that matched (bounded: the app's own rules), never the path the client sent."""
+    return request.url_rule.rule if request.url_rule is not None else "unrouted"
+
+
+def _error_code(response: Response) -> str:
+    data = response.get_json(silent=True) if response.is_json else None
+    code = data.get("error") if isinstance(data, dict) else None
+    return code[:64] if isinstance(code, str) and _CODE.match(code) else str(response.status_code)
+
+
+def event_for(response: Response, *, read_body: bool = True) -> AuditEvent:
+    body = _body() if read_body else None
     instance_id, ok_instance = _id("instance_id")
     binding_id, ok_binding = _id("binding_id")
     detail: dict[str, Any] = {"method": request.method,
@@ -132,10 +158,23 @@ def record(response: Response) -> Response:
     if request.method not in MUTATING:
         return response
     runtime = current_app.extensions["drbroker"]
+    refused = is_refused(response)
+    client = (request.remote_addr or "unknown")[:64]
+    if refused:
+        metrics.refused(response.status_code, request.method, route())
+        refused_log.info("refused %s %s -> %s %s from %s", request.method, route(), response.status_code,
+                         _error_code(response), client)
     if runtime.audit is None:
         return response
     try:
-        runtime.audit.append(event_for(response))
+        limiter = getattr(runtime, "refusals", None)
+        if refused and limiter is not None and not limiter.admit(client, response.status_code):
+            metrics.AUDIT_SUPPRESSED.inc()
+            return response
+        event = event_for(response, read_body=not refused)
+        if refused:  # nobody to name but the address the refusal went to
+            event = replace(event, detail={**(event.detail or {}), "client": client})
+        runtime.audit.append(bounded(event) if response.status_code >= 400 else event)
     except Exception:
         log.exception("could not append the audit record of %s %s", request.method, request.endpoint)
     return response

@@ -1,102 +1,52 @@
 """The DR dashboard behind each instance's ``dashboard_url``: a server-rendered page (no front-end build).
 
-It shows both sites and which is active, the replication group's state, the achieved RPO against its target
-over time (an inline SVG of the sampler's history), the last rehearsal and its RTO, the bindings, and the
-operation history with step progress. Access: the broker's own authentication, or a signed, expiring link
-(``drbroker dashboard link INSTANCE_ID``).
+At the top, the protection status (``broker.services.protection``, the one fetch instance returns) as a
+coloured banner that says what to do next, with the time the page was made and its refresh period; then the
+sites, replication and the achieved RPO (or since when it is not replicating), the orchestrator's health, the
+protected volumes, the operation history with each move's measured RTO, and the RPO chart
+(``dashboard_chart``); the bindings and workspace CRNs below.
+
+Access: the broker's own authentication, or a signed, expiring link (the ``dashboard_url`` the platform gets,
+or ``drbroker dashboard link INSTANCE_ID``). A correctly signed link past its expiry answers a page that says
+when it expired and how to get a new one; any other bad link is refused without the basic-auth challenge a
+customer could not answer. The page runs no script: it refreshes itself with a meta refresh.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
-import re
 import time
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, render_template_string, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask.blueprints import BlueprintSetupState
 
+from broker.api import dashboard_view as view
 from broker.api import parsing as p
+from broker.api.dashboard_chart import render as render_chart
 from broker.domain.errors import NotFound
-from broker.domain.sites import parse_workspace_crn
-from broker.security.links import load_or_create_secret, verify
+from broker.security.filemodes import InsecureFileError
+from broker.security.links import KEY_FILE, DashboardLinks, LinkCheck, LinkLifetimeError
+from broker.services.protection import iso, when
 from broker.workflows.rpo_sampler import history
 
-bp = Blueprint("dashboard", __name__)
+bp = Blueprint("dashboard", __name__, template_folder="templates")
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>DR dashboard: {{ inst.id }}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#161616;background:#f4f4f4}
-h1{font-size:1.4em;margin:0 0 .2em} h2{font-size:1.1em;margin:1.2em 0 .4em}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:1em}
-.card{background:#fff;border:1px solid #e0e0e0;padding:1em}
-.card.active{border:2px solid #0f62fe}
-.ok{color:#198038;font-weight:600}.bad{color:#da1e28;font-weight:600}
-table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.35em .6em;border-bottom:1px solid #e0e0e0;
-text-align:left;font-size:.92em}code{font-size:.85em;word-break:break-all}
-</style></head>
-<body>
-<h1>Disaster recovery: {{ plan }}</h1>
-<div id="instance">Instance <code>{{ inst.id }}</code> &middot; state <b id="state">{{ inst.state.value }}</b>
-{% if not inst.enabled %}&middot; <span class="bad">disabled by the platform (replication keeps running)</span>{% endif %}</div>
-
-<h2>Sites</h2>
-<div class="grid">
-{% for site in sites %}
-<div class="card{% if site.active %} active{% endif %}" id="site-{{ site.role }}">
-<b>{{ site.role|capitalize }}</b>{% if site.active %} &middot; <span class="ok">active</span>{% endif %}<br>
-zone <b>{{ site.zone }}</b><br><code>{{ site.crn }}</code></div>
-{% endfor %}
-</div>
-
-<h2>Replication</h2>
-<div class="grid">
-<div class="card" id="replication">state <b id="replication-state">{{ attrs.get("replication_state", "unknown") }}</b><br>
-primary role {{ attrs.get("replication_primary_role", "-") }}<br>
-consistency group <code>{{ attrs.get("consistency_group") or "-" }}</code><br>
-cycle period {{ attrs.get("cycle_period_seconds", "-") }} s</div>
-<div class="card" id="rpo">achieved RPO <b id="rpo-achieved">{{ fmt_s(attrs.get("achieved_rpo_seconds")) }}</b>
-against target <b id="rpo-target">{{ fmt_s(attrs.get("rpo_target_seconds")) }}</b>:
-{% if attrs.get("rpo_met") is none %}-{% elif attrs.get("rpo_met") %}<span class="ok">met</span>
-{% else %}<span class="bad">missed</span>{% endif %}<br>
-last freeze {{ attrs.get("last_freeze_time") or "-" }}</div>
-<div class="card" id="rehearsal">last rehearsal <b id="rehearsal-at">{{ attrs.get("last_rehearsal_at") or "never" }}</b><br>
-measured RTO <b id="rehearsal-rto">{{ fmt_s(attrs.get("last_rehearsal_rto_seconds")) }}</b><br>
-test failover active: {{ "yes" if attrs.get("test_failover_active") else "no" }}</div>
-</div>
-
-<h2>Achieved RPO over the last 24 hours</h2>
-<div class="card">{{ chart|safe }}</div>
-
-<h2>Bindings</h2>
-<table id="bindings"><tr><th>Binding</th><th>State</th><th>Created</th></tr>
-{% for b in bindings %}<tr><td><code>{{ b.id }}</code></td><td>{{ b.state.value }}</td><td>{{ when(b.created_at) }}</td></tr>
-{% else %}<tr><td colspan="3">none</td></tr>{% endfor %}</table>
-
-<h2>Operations</h2>
-<table id="operations"><tr><th>When</th><th>Type</th><th>State</th><th>Progress</th><th>Description</th></tr>
-{% for op in ops %}<tr><td>{{ when(op.created_at) }}</td>
-<td>{{ op.type.value }}{% if op.payload.get("dr_action") %} ({{ op.payload["dr_action"]["type"] }}){% endif %}</td>
-<td>{{ op.state.value }}</td>
-<td><progress max="{{ op.step_total or 1 }}" value="{{ op.step_index }}"></progress> {{ op.step_index }}/{{ op.step_total }}</td>
-<td>{{ op.description or "" }}</td></tr>{% endfor %}
-</table>
-</body></html>"""
+REFRESH_SECONDS = 30
+HISTORY_SECONDS = 86400
+# The pages' one inline style block is this file, verbatim: the CSP admits it by its hash.
+CSS = (Path(__file__).with_name("static") / "dashboard.css").read_text(encoding="utf-8")
 
 
-def _style_hash(page: str) -> str:
-    """The CSP source for the page's one inline ``<style>`` block (static text, so a hash, not a nonce)."""
-    match = re.search(r"<style>(.*?)</style>", page, re.S)
-    assert match is not None
-    return "'sha256-" + base64.b64encode(hashlib.sha256(match.group(1).encode()).digest()).decode() + "'"
+def _style_hash(css: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(css.encode()).digest()).decode() + "'"
 
 
-# The page runs no script at all; its only inline content is the style block (allowed by hash) and the inline
-# SVG chart (markup, not a fetch). The favicon is a data: URL.
-CONTENT_SECURITY_POLICY = (f"default-src 'none'; style-src {_style_hash(_PAGE)}; img-src data:; "
+# No script at all: the only inline content is the style block (allowed by hash) and the inline SVG chart
+# (markup, not a fetch); the page refreshes through <meta http-equiv="refresh">, which CSP does not govern.
+CONTENT_SECURITY_POLICY = (f"default-src 'none'; style-src {_style_hash(CSS)}; img-src data:; "
                            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -107,64 +57,73 @@ SECURITY_HEADERS = {
 }
 
 
-def _fmt_seconds(value: Any) -> str:
-    if value is None:
-        return "-"
-    value = float(value)
-    if value < 10:
-        return f"{value:.1f} s"
-    return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
+@bp.record_once
+def _install_links(state: BlueprintSetupState) -> None:
+    """The service signs every dashboard_url it hands out with the links this dashboard accepts."""
+    runtime = state.app.extensions.get("drbroker")
+    if runtime is None or runtime.service.dashboard_links is not None:
+        return
+    try:
+        links = DashboardLinks.from_settings(runtime.settings)
+        if (links.state_dir / KEY_FILE).exists():
+            # an unreadable or group-readable key stops start-up in one line, not each provision with a 500
+            links.secret()
+    except (LinkLifetimeError, InsecureFileError) as exc:
+        raise SystemExit(str(exc)) from None
+    runtime.service.dashboard_links = links
 
 
-def _chart(samples: list[tuple[float, float | None, str]], target: float | None, now: float) -> str:
-    """An inline SVG: achieved RPO samples (line) and the target (dashed)."""
-    width, height, pad = 720, 180, 30
-    start = now - 86400
-    points = [(t, r) for t, r, _ in samples if r is not None]
-    top = max([r for _, r in points] + [target or 0, 60.0]) * 1.1
-
-    def x(t: float) -> float:
-        return pad + (t - start) / 86400 * (width - 2 * pad)
-
-    def y(v: float) -> float:
-        return height - pad - v / top * (height - 2 * pad)
-
-    parts = [f'<svg id="rpo-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-             f'width="100%" role="img" aria-label="achieved RPO over 24 hours">',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#8d8d8d"/>',
-             f'<text x="{pad}" y="{height - 8}" font-size="11">24 h ago</text>',
-             f'<text x="{width - pad - 20}" y="{height - 8}" font-size="11">now</text>']
-    if target:
-        parts.append(f'<line id="rpo-target-line" x1="{pad}" y1="{y(target):.1f}" x2="{width - pad}" '
-                     f'y2="{y(target):.1f}" stroke="#da1e28" stroke-dasharray="6 4"/>'
-                     f'<text x="{pad + 4}" y="{y(target) - 4:.1f}" font-size="11" fill="#da1e28">target '
-                     f'{_fmt_seconds(target)}</text>')
-    if points:
-        coords = " ".join(f"{x(t):.1f},{y(r):.1f}" for t, r in points)
-        parts.append(f'<polyline id="rpo-line" fill="none" stroke="#0f62fe" stroke-width="2" points="{coords}"/>')
-    else:
-        parts.append(f'<text x="{width / 2 - 60}" y="{height / 2}" font-size="12">no samples yet</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _secret() -> bytes:
+def _links() -> DashboardLinks:
     runtime = current_app.extensions["drbroker"]
-    key = "drbroker.dashboard_secret"
-    if key not in current_app.extensions:
-        current_app.extensions[key] = load_or_create_secret(
-            runtime.settings.state_dir, getattr(runtime.settings, "dashboard_secret", None))
-    return current_app.extensions[key]
+    if runtime.service.dashboard_links is None:
+        runtime.service.dashboard_links = DashboardLinks.from_settings(runtime.settings)
+    return runtime.service.dashboard_links
+
+
+def _now() -> float:
+    runtime = current_app.extensions["drbroker"]
+    return float(getattr(runtime.service, "clock", time.time)())
+
+
+def _refused(instance_id: str, verdict: LinkCheck) -> Response:
+    """403 for a link that does not open the page: expired (say when, and how to get a new one) or invalid.
+    HTML for a browser, the OSB error body for a client that asks for JSON."""
+    links = _links()
+    expired = verdict is LinkCheck.EXPIRED
+    if expired:
+        at = int(request.args.get("exp") or 0)
+        title = "This link has expired"
+        message = (f"it opened this dashboard until {view.stamp(at)} (a dashboard link lives at most "
+                   f"{view.duration_text(links.max_seconds)}).")
+        error, field = "LinkExpired", "exp"
+    else:
+        title = "This link is not valid"
+        message = "it was not signed by this broker for this instance, or it was changed."
+        error, field = "LinkInvalid", "sig"
+    next_step = ("Get a new link: open the instance's dashboard again from your platform's console (the broker "
+                 "gives the platform a fresh link whenever it fetches the instance), or ask the broker's operator "
+                 f"to run `drbroker dashboard link {instance_id}`.")
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "application/json":
+        response = jsonify({"error": error, "description": f"{field}: {title.lower()}: {message} {next_step}"})
+    else:
+        response = Response(render_template("dashboard/link.html", css=CSS, instance_id=instance_id, title=title,
+                                            message=message, next=next_step, expired=expired), mimetype="text/html")
+    response.status_code = 403
+    return response
 
 
 @bp.before_request
-def _before() -> None:
+def _before() -> Response | None:
     raw = (request.view_args or {}).get("instance_id")
     if raw is not None and "sig" in request.args:
         iid = p.decode_id(raw, "instance_id")
-        if verify(_secret(), iid, request.args.get("exp"), request.args.get("sig")):
-            return
+        verdict = _links().check(iid, request.args.get("exp"), request.args.get("sig"), now=_now())
+        if verdict is LinkCheck.VALID:
+            return None
+        if not request.headers.get("Authorization"):
+            return _refused(iid, verdict)
     current_app.extensions["drbroker"].authenticate()
+    return None
 
 
 @bp.after_request
@@ -180,23 +139,29 @@ def _security_headers(response: Response) -> Response:
 def instance_page(instance_id: str) -> str:
     runtime = current_app.extensions["drbroker"]
     iid = p.decode_id(instance_id, "instance_id")
+    now = _now()
     with runtime.store.read() as tx:
         inst = tx.get_instance(iid)
         if inst is None:
             raise NotFound(f"instance {iid} does not exist")
         ops = tx.list_operations(instance_id=iid, limit=25)
         bindings = tx.list_bindings(iid)
+        steps = {op.id: tx.steps(op.id) for op in view.moves(ops)}
     plan = runtime.catalog.plan(inst.plan_id)
-    attrs = runtime.service.dr_attributes(inst)
-    now = time.time()
-    sites = []
-    for role in ("primary", "secondary"):
-        crn = inst.parameters.get(f"{role}_workspace_crn", "")
-        ref = parse_workspace_crn(crn)
-        sites.append({"role": role, "crn": crn, "zone": ref.zone if ref else "-",
-                      "active": attrs.get("active_site", "primary") == role})
-    chart = _chart(history(runtime.store, iid, now - 86400), attrs.get("rpo_target_seconds"), now)
-    return render_template_string(
-        _PAGE, inst=inst, ops=ops, bindings=bindings, plan=plan.name if plan else inst.plan_id, attrs=attrs,
-        sites=sites, chart=chart, fmt_s=_fmt_seconds,
-        when=lambda t: dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    attrs, protection = runtime.service.dr_view(inst)
+    samples = history(runtime.store, iid, now - HISTORY_SECONDS)
+    rto_minutes = plan.features.get("rto_target_minutes") if plan else None
+    rows = view.operation_rows(ops, steps, plan, now)
+    context: dict[str, Any] = {
+        "css": CSS, "inst": inst, "dr": inst.dr_state or {}, "attrs": attrs, "protection": protection, "now": now,
+        "plan_name": plan.name if plan else inst.plan_id, "refresh_seconds": REFRESH_SECONDS,
+        "sites": view.sites(inst.parameters, attrs.get("active_site", "primary")),
+        "volumes": list(inst.parameters.get("protected_volumes") or []),
+        "orch": view.orchestrator_health(plan, ops, steps, now), "backend": runtime.orchestrator.name,
+        "ops": rows, "last_failed": view.last_failed(rows), "bindings": bindings,
+        "rto_target": rto_minutes * 60 if rto_minutes else None,
+        "chart": render_chart(samples, attrs.get("rpo_target_seconds"), now),
+        "stamp": view.stamp, "iso": iso, "duration": view.duration_text,
+        "when": lambda ts: when(ts, now), "clock": lambda ts: view.clock_text(ts, now),
+    }
+    return render_template("dashboard/instance.html", **context)

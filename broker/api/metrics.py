@@ -1,9 +1,11 @@
 """``GET /metrics`` in Prometheus format (prometheus-client), safe with several gunicorn workers.
 
-Counters and histograms that each process updates (requests, step durations, retries) use prometheus-client's
-multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set (``drbroker serve`` sets it); what lives in the
-database (operations by type and state, the queue, each instance's achieved RPO and last rehearsal) is read at
-scrape time, once, by whichever process answers.
+Counters and histograms that each process updates (requests, step durations, retries, backend errors) use
+prometheus-client's multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set (``drbroker serve`` sets it);
+what lives in the database (operations by type and state, the queue, the oldest operation in progress, each
+instance's DR state: ``broker.api.metrics_dr``) is read at scrape time, once, by whichever process answers, and
+``process_*`` cover every process of the broker (``broker.api.metrics_process``). The metric list and the
+shipped alert rules: docs/operations.md (Metrics, Alerts).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -26,10 +31,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from broker.domain.models import InstanceState, OperationState
-from broker.store.tables import instances, operations
+from broker.api.metrics_dr import instance_families
+from broker.api.metrics_process import BrokerProcessCollector
+from broker.domain.models import OperationState, OperationType
+from broker.store.tables import operations
 
 bp = Blueprint("metrics", __name__)
+# A *_created series per counter and histogram only outside multiprocess mode (prometheus-client cannot merge
+# them across processes): off, so that one process and drbroker serve expose the same series.
+disable_created_metrics()
 
 REQUESTS = Counter("drbroker_http_requests_total", "HTTP requests by endpoint, method and status",
                    ["endpoint", "method", "status"])
@@ -38,16 +48,52 @@ LATENCY = Histogram("drbroker_http_request_seconds", "HTTP request latency by en
 STEP_SECONDS = Histogram("drbroker_step_seconds", "Workflow step duration by action", ["action", "outcome"],
                          buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600))
 STEP_RETRIES = Counter("drbroker_step_retries_total", "Transient backend errors retried, by action", ["action"])
+# kind "transient": an error the step retried; "failed": the step ended without success (its operation failed,
+# or it waits for a person: the engine reports both alike).
+BACKEND_ERRORS = Counter("drbroker_backend_errors_total", "Errors of the DR backend in workflow steps, by action "
+                         "and kind (transient: retried; failed: the step gave up)", ["action", "kind"])
+BACKEND_ERROR_KINDS = ("transient", "failed")
+# Labels are bounded: status is a 4xx, method one of PUT/PATCH/DELETE/POST, route a URL rule of the app or
+# "unrouted" (never the path a client sent).
+REFUSED = Counter("drbroker_refused_requests_total",
+                  "Mutating requests refused before or at authentication (broker.api.audit_refusals), by status, "
+                  "method and route", ["status", "method", "route"])
+AUDIT_SUPPRESSED = Counter("drbroker_audit_refused_suppressed_total",
+                           "Refused requests counted in a refused_requests_suppressed audit record instead of "
+                           "a record of their own")
+_METHODS = frozenset({"PUT", "PATCH", "DELETE", "POST"})
 
 
 class MetricsObserver:
     """What the workflow engine reports as it runs steps."""
 
-    def step_finished(self, action: str, seconds: float, ok: bool) -> None:
-        STEP_SECONDS.labels(action=action, outcome="ok" if ok else "failed").observe(seconds)
+    def step_finished(self, action: str, seconds: float, ok: bool, *, parked: bool = False) -> None:
+        STEP_SECONDS.labels(action=action, outcome="parked" if parked else "ok" if ok else "failed").observe(seconds)
+        if not ok and not parked:
+            BACKEND_ERRORS.labels(action=action, kind="failed").inc()
 
     def step_retried(self, action: str) -> None:
         STEP_RETRIES.labels(action=action).inc()
+        BACKEND_ERRORS.labels(action=action, kind="transient").inc()
+
+
+_initialised: set[int] = set()
+
+
+def _zero_backend_errors(actions: frozenset[str]) -> None:
+    """Every (action, kind) at 0 from the first scrape of each process on: a counter that first appears at 3
+    shows no increase to ``increase()``, and the first errors would raise no alert."""
+    if os.getpid() in _initialised:
+        return
+    for action in sorted(actions):
+        for kind in BACKEND_ERROR_KINDS:
+            BACKEND_ERRORS.labels(action=action, kind=kind)
+    _initialised.add(os.getpid())
+
+
+def refused(status: int, method: str, route: str) -> None:
+    REFUSED.labels(status=str(status) if 400 <= status < 500 else "other",
+                   method=method if method in _METHODS else "other", route=route[:128]).inc()
 
 
 def before_request() -> None:
@@ -70,7 +116,7 @@ class StoreCollector(Collector):
         self.runtime = runtime
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        now = time.time()
+        now = self.runtime.service.clock()
         engine = self.runtime.store.engine
         by_state = GaugeMetricFamily("drbroker_operations", "Operations by type and state", labels=["type", "state"])
         with engine.connect() as conn:
@@ -80,36 +126,23 @@ class StoreCollector(Collector):
                 by_state.add_metric([op_type, state], count)
             depth, oldest = conn.execute(select(func.count(), func.min(operations.c.created_at)).where(
                 operations.c.state == OperationState.QUEUED.value)).one()
-            ready = list(conn.execute(select(instances.c.id).where(instances.c.state == InstanceState.READY.value)))
+            running = dict(conn.execute(select(operations.c.type, func.min(operations.c.created_at)).where(
+                operations.c.state == OperationState.IN_PROGRESS.value).group_by(operations.c.type)).all())
         yield by_state
         yield GaugeMetricFamily("drbroker_queue_depth", "Operations waiting for a worker", value=depth)
         yield GaugeMetricFamily("drbroker_queue_oldest_seconds", "Age of the oldest waiting operation",
                                 value=(now - oldest) if oldest else 0.0)
-        achieved = GaugeMetricFamily("drbroker_instance_achieved_rpo_seconds", "now - last consistent freeze time",
-                                     labels=["instance_id", "plan"])
-        target = GaugeMetricFamily("drbroker_instance_rpo_target_seconds", "The instance's RPO target",
-                                   labels=["instance_id", "plan"])
-        rehearsal = GaugeMetricFamily("drbroker_instance_last_rehearsal_age_seconds",
-                                      "Seconds since the last successful test failover (absent: never)",
-                                      labels=["instance_id", "plan"])
-        with self.runtime.store.read() as tx:
-            for (iid,) in ready:
-                inst = tx.get_instance(iid)
-                if inst is None:
-                    continue
-                plan = self.runtime.catalog.plan(inst.plan_id)
-                labels = [iid, plan.name if plan else inst.plan_id]
-                attrs = self.runtime.service.dr_attributes(inst)
-                if attrs.get("achieved_rpo_seconds") is not None:
-                    achieved.add_metric(labels, attrs["achieved_rpo_seconds"])
-                if attrs.get("rpo_target_seconds"):
-                    target.add_metric(labels, attrs["rpo_target_seconds"])
-                last = (inst.dr_state or {}).get("last_rehearsal_at")
-                if last:
-                    rehearsal.add_metric(labels, now - last)
-        yield achieved
-        yield target
-        yield rehearsal
+        stuck = GaugeMetricFamily("drbroker_operation_oldest_in_progress_seconds",
+                                  "Seconds since the oldest operation in progress was accepted, by type (0: none)",
+                                  labels=["type"])
+        for op_type in OperationType:
+            accepted = running.get(op_type.value)
+            stuck.add_metric([op_type.value], max(0.0, now - accepted) if accepted else 0.0)
+        yield stuck
+        yield from instance_families(self.runtime)
+
+
+_PLATFORM = PlatformCollector(registry=None)
 
 
 @bp.before_request
@@ -121,11 +154,17 @@ def _before() -> None:
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    runtime = current_app.extensions["drbroker"]
+    _zero_backend_errors(runtime.orchestrator.actions())
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     else:
-        for collector in (REQUESTS, LATENCY, STEP_SECONDS, STEP_RETRIES):
+        for collector in (REQUESTS, LATENCY, STEP_SECONDS, STEP_RETRIES, BACKEND_ERRORS, REFUSED, AUDIT_SUPPRESSED):
             registry.register(collector)
-    registry.register(StoreCollector(current_app.extensions["drbroker"]))
+        # One process's garbage collector: meaningless summed over workers, so only outside multiprocess mode.
+        GCCollector(registry=registry)
+    registry.register(BrokerProcessCollector())
+    registry.register(_PLATFORM)
+    registry.register(StoreCollector(runtime))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

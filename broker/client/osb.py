@@ -15,12 +15,21 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay
 
 
 class ClientError(Exception):
-    """The broker refused (4xx/5xx) or could not be reached."""
+    """The broker refused (4xx/5xx) or could not be reached (``status`` None).
+
+    ``error`` and ``description`` are the broker's OSB error body when it sent one."""
 
     def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.error: str | None = body.get("error") if isinstance(body, dict) else None
+        detail = body.get("description") if isinstance(body, dict) else body
+        self.description: str = str(detail) if detail else message
+
+
+class NotInCatalog(ClientError):
+    """A service or plan name (or id) the broker's catalog does not have: the user's mistake, not the broker's."""
 
 
 @dataclass
@@ -79,9 +88,27 @@ class OSBClient:
             self._catalog = self.request("GET", "/v2/catalog").body
         return self._catalog
 
-    def resolve(self, service: str, plan: str | None = None) -> tuple[str, str | None]:
-        """Service and plan ids from names or ids."""
-        for svc in self.catalog().get("services", []):
+    def services(self) -> list[dict[str, Any]]:
+        cat = self.catalog()
+        services = cat.get("services") if isinstance(cat, dict) else None
+        return [s for s in services if isinstance(s, dict)] if isinstance(services, list) else []
+
+    def resolve(self, service: str | None, plan: str | None = None) -> tuple[str, str | None]:
+        """Service and plan ids from names or ids; without a service, the one service offering ``plan``."""
+        services = self.services()
+        if service is None:
+            if plan is None:
+                raise NotInCatalog("a service or a plan is needed")
+            offering = [s for s in services if any(plan in (p.get("id"), p.get("name")) for p in s.get("plans", []))]
+            if len(offering) == 1:
+                service = offering[0]["id"]
+            elif offering:
+                names = ", ".join(s["name"] for s in offering)
+                raise NotInCatalog(f"plan {plan!r} is offered by several services ({names}): give --service")
+            else:
+                names = ", ".join(f"{s['name']}/{p['name']}" for s in services for p in s.get("plans", []))
+                raise NotInCatalog(f"plan {plan!r} is not in the catalog ({names})")
+        for svc in services:
             if service in (svc["id"], svc["name"]):
                 if plan is None:
                     return svc["id"], None
@@ -89,9 +116,17 @@ class OSBClient:
                     if plan in (p["id"], p["name"]):
                         return svc["id"], p["id"]
                 names = ", ".join(p["name"] for p in svc.get("plans", []))
-                raise ClientError(f"plan {plan!r} is not a plan of {svc['name']} ({names})")
-        names = ", ".join(s["name"] for s in self.catalog().get("services", []))
-        raise ClientError(f"service {service!r} is not in the catalog ({names})")
+                raise NotInCatalog(f"plan {plan!r} is not a plan of {svc['name']} ({names})")
+        names = ", ".join(s["name"] for s in services)
+        raise NotInCatalog(f"service {service!r} is not in the catalog ({names})")
+
+    def names(self, service_id: str | None, plan_id: str | None) -> tuple[str | None, str | None]:
+        """The catalog names of a service and plan id (None where the catalog does not have them)."""
+        for svc in self.services():
+            if svc.get("id") == service_id:
+                plan = next((p.get("name") for p in svc.get("plans", []) if p.get("id") == plan_id), None)
+                return svc.get("name"), plan
+        return None, None
 
     # instances ------------------------------------------------------------------------------------
     def provision(self, instance_id: str, service_id: str, plan_id: str, parameters: Mapping[str, Any],

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from broker.security.filemodes import insecure_message, private_dir
+from broker.security.filemodes import insecure_message, is_private, private_dir
 
 PREFIX = "enc:v1:"
 FILE_FORMAT = "drbroker-kek/1"
@@ -131,7 +131,7 @@ class LocalKeyFile:
     def _stat(self) -> tuple[int, int, int]:
         st = os.stat(self.path)
         # Checked on every stat (each wrap, each reload), not only at start: a chmod changes none of the rest.
-        if stat.S_IMODE(st.st_mode) & 0o077:
+        if not is_private(st):
             raise SecretsError(f"key file {insecure_message(self.path, stat.S_IMODE(st.st_mode))}")
         return st.st_ino, st.st_mtime_ns, st.st_size
 
@@ -147,7 +147,9 @@ class LocalKeyFile:
                 doc = json.loads(self.path.read_text(encoding="utf-8"))
                 keys = {kid: _unb64(entry["key"]) for kid, entry in doc["keys"].items()}
                 active = doc["active"]
-            except (OSError, ValueError, KeyError, TypeError, binascii.Error):
+            except OSError as exc:  # e.g. a Secret mounted for another user: say so, not "invalid"
+                raise SecretsError(f"key file {self.path} cannot be read: {exc.strerror}") from None
+            except (ValueError, KeyError, TypeError, binascii.Error):
                 raise SecretsError(f"key file {self.path} is not a valid {FILE_FORMAT} file") from None
             if doc.get("format") != FILE_FORMAT or active not in keys or \
                     any(len(k) != 32 for k in keys.values()):

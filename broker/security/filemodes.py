@@ -1,11 +1,16 @@
 """File modes of the broker's state: a private directory, a private database, and key files nobody else reads.
 
-- The state directory (``./.drbroker`` by default, else the SQLite file's directory) is created 0700; an
-  existing one that the group or others can enter is logged as a warning (it may be shared on purpose).
+- The state directory (``DRBROKER_STATE_DIR``; unset, the SQLite file's directory, else ``./.drbroker``) is
+  created 0700; an existing one that the group or others can enter is logged as a warning (it may be shared on
+  purpose).
 - The SQLite database is created 0600 before SQLite opens it; SQLite gives its ``-wal`` and ``-shm`` files the
   database file's mode, and existing ones that are group/other-accessible are tightened to 0600.
 - Key files (``kek.json``, ``dashboard.key``, ``credentials.json``, the TLS private key) are checked every time
   they are read: one the group or others can read is refused with a one-line error naming the ``chmod``.
+  One exception: a file owned by root that only this (non-root) process's own group may read, and nobody may
+  write but root. That is how Kubernetes mounts a Secret into a pod with ``fsGroup`` (the kubelet makes the
+  files ``root:<fsGroup>`` and adds group read to ``defaultMode``); only the pod's processes are in that group
+  and the broker cannot change the file. A file the broker's user owns (every file it generates) stays 0600.
 """
 
 from __future__ import annotations
@@ -26,14 +31,25 @@ def insecure_message(path: Path | str, mode: int) -> str:
     return f"{path} is readable by group or others (mode {mode:04o}); run: chmod 600 {path}"
 
 
-def check_private(path: Path | str, mode: int | None = None) -> None:
-    """Refuse a key file whose mode lets the group or others read or write it (``mode``: from a stat made
-    already, to save another)."""
-    if mode is None:
-        mode = os.stat(path).st_mode
-    mode = stat.S_IMODE(mode)
-    if mode & 0o077:
-        raise InsecureFileError(insecure_message(path, mode))
+def _root_share_for_my_group(st: os.stat_result) -> bool:
+    mode = stat.S_IMODE(st.st_mode)
+    return (st.st_uid == 0 and os.geteuid() != 0 and mode & 0o077 == 0o040
+            and st.st_gid in {os.getegid(), *os.getgroups()})
+
+
+def is_private(st: os.stat_result) -> bool:
+    """Whether a key file with this stat is readable by its owner only (or is a Secret mounted for this process's
+    group; see the module's docstring)."""
+    return not stat.S_IMODE(st.st_mode) & 0o077 or _root_share_for_my_group(st)
+
+
+def check_private(path: Path | str, st: os.stat_result | None = None) -> None:
+    """Refuse a key file that the group or others may read or write (``st``: a stat made already, to save
+    another)."""
+    if st is None:
+        st = os.stat(path)
+    if not is_private(st):
+        raise InsecureFileError(insecure_message(path, stat.S_IMODE(st.st_mode)))
 
 
 def private_dir(path: Path | str) -> Path:

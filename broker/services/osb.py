@@ -43,12 +43,14 @@ from broker.domain.models import (
     OperationType,
 )
 from broker.domain.protocols import Orchestrator
+from broker.security.links import DashboardLinks
 from broker.services.dr_validation import (
     check_bind_parameters,
     check_customer_api_key,
     check_encryption_change,
     validate_dr_parameters,
 )
+from broker.services.protection import Protection, assess
 from broker.services.requests import (
     BindRequest,
     Caller,
@@ -62,6 +64,11 @@ from broker.services.requests import (
 from broker.services.validation import redact, validate_parameters
 from broker.store.repository import Store, Tx
 from broker.workflows.definitions import DR_ACTIONS
+
+
+def _a(word: str) -> str:
+    """The word with its indefinite article: "an update", "a provision"."""
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
 class Runner(Protocol):
@@ -97,7 +104,7 @@ _STATE_TEXT = {
 class BrokerService:
     def __init__(self, store: Store, catalog: Catalog, runner: Runner, orchestrator: Orchestrator, *,
                  public_url: str | None = None, sync_bind_timeout: float = 60.0, account_instance_limit: int = 20,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, dashboard_links: DashboardLinks | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.runner = runner
@@ -106,6 +113,8 @@ class BrokerService:
         self.public_url = public_url.rstrip("/") if public_url else None
         self.sync_bind_timeout = sync_bind_timeout
         self.clock = clock
+        # Signs every dashboard_url handed out; without it (no dashboard served) the URL needs the broker's auth.
+        self.dashboard_links = dashboard_links
 
     # helpers --------------------------------------------------------------------------------------
     def _service_plan(self, service_id: str, plan_id: str | None) -> tuple[Service, Plan | None]:
@@ -130,6 +139,13 @@ class BrokerService:
         if not base:
             return None
         return f"{base}/dashboard/instances/{quote(instance_id, safe='')}"
+
+    def dashboard_link(self, page_url: str | None, instance_id: str) -> str | None:
+        """The stored dashboard page URL as handed to the platform: a signed link with the longest lifetime
+        allowed, fresh on every answer (the stored URL itself opens only with the broker's credentials)."""
+        if page_url is None or self.dashboard_links is None:
+            return page_url
+        return self.dashboard_links.sign(page_url, instance_id, now=self.clock())
 
     def _new_operation(self, *, instance_id: str, binding_id: str | None, op_type: OperationType,
                        plan_id: str, request_hash: str, caller: Caller, payload: dict[str, Any] | None = None,
@@ -200,7 +216,8 @@ class BrokerService:
                 tx.replace_instance(instance)
             tx.insert_operation(op)
         self.runner.wake()
-        return Result("accepted", op.id, {"dashboard_url": dashboard, "operation": op.id})
+        return Result("accepted", op.id, {"dashboard_url": self.dashboard_link(dashboard, req.instance_id),
+                                          "operation": op.id})
 
     def _repeat_provision(self, tx: Tx, existing: Instance, digest: str) -> Result:
         if existing.request_hash != digest:
@@ -208,12 +225,13 @@ class BrokerService:
         active = tx.active_operations(existing.id)
         running = next((o for o in active if o.type == OperationType.PROVISION), None)
         if running is not None:
-            return Result("accepted", running.id, {"dashboard_url": existing.dashboard_url,
+            return Result("accepted", running.id, {"dashboard_url": self.dashboard_link(existing.dashboard_url,
+                                                                                        existing.id),
                                                    "operation": running.id})
         if active:
-            raise ConcurrencyError(f"instance {existing.id} has a {active[0].type.value} operation in progress")
+            raise ConcurrencyError(f"instance {existing.id} has {_a(active[0].type.value)} operation in progress")
         if existing.state == InstanceState.READY:
-            return Result("ok", None, {"dashboard_url": existing.dashboard_url})
+            return Result("ok", None, {"dashboard_url": self.dashboard_link(existing.dashboard_url, existing.id)})
         raise Conflict(f"instance {existing.id} exists in state {existing.state.value}; deprovision it before "
                        "provisioning it again")
 
@@ -241,7 +259,7 @@ class BrokerService:
                 return Result("accepted", same.id, {"operation": same.id})
             if active or inst.state in (InstanceState.PROVISIONING, InstanceState.DEPROVISIONING):
                 kind = active[0].type.value if active else inst.state.value
-                raise ConcurrencyError(f"instance {inst.id} has a {kind} operation in progress")
+                raise ConcurrencyError(f"instance {inst.id} has {_a(kind)} operation in progress")
             if inst.state == InstanceState.FAILED:
                 raise Unprocessable(f"instance {inst.id} failed to provision and cannot be updated; "
                                     "deprovision it", instance_usable=False, update_repeatable=False)
@@ -338,7 +356,7 @@ class BrokerService:
                                     "accepts_incomplete=true")
             blocker = next((o for o in active if o.type != OperationType.PROVISION), None)
             if blocker is not None:
-                raise ConcurrencyError(f"instance {inst.id} has a {blocker.type.value} operation in progress")
+                raise ConcurrencyError(f"instance {inst.id} has {_a(blocker.type.value)} operation in progress")
             provision = next((o for o in active if o.type == OperationType.PROVISION), None)
             blocked_by = None
             if provision is not None:
@@ -426,7 +444,7 @@ class BrokerService:
             "metadata": {"labels": {}, "attributes": attributes},
         }
         if inst.dashboard_url:  # optional (OSB): an instance provisioned through an untrusted Host has none
-            body["dashboard_url"] = inst.dashboard_url
+            body["dashboard_url"] = self.dashboard_link(inst.dashboard_url, inst.id)
         if inst.maintenance_version:
             body["maintenance_info"] = {"version": inst.maintenance_version}
         return body
@@ -438,7 +456,12 @@ class BrokerService:
         return minutes * 60 if minutes else None
 
     def dr_attributes(self, inst: Instance) -> dict[str, Any]:
-        """Live DR state: replication, active site, achieved RPO against target, last rehearsal and RTO."""
+        """Live DR state: replication, active site, achieved RPO against target, last rehearsal and RTO, and the
+        protection status (``broker.services.protection``)."""
+        return self.dr_view(inst)[0]
+
+    def dr_view(self, inst: Instance) -> tuple[dict[str, Any], Protection]:
+        """``dr_attributes`` and the protection status they were computed from (one replication read)."""
         dr = inst.dr_state or {}
         target_min = inst.parameters.get("rpo_target_minutes")
         out: dict[str, Any] = {
@@ -457,12 +480,11 @@ class BrokerService:
             out["consistency_group"] = status.consistency_group
             out["cycle_period_seconds"] = status.cycle_period_seconds
             if status.freeze_time is not None:
-                achieved = max(0, round(self.clock() - status.freeze_time))
                 out["last_freeze_time"] = _iso(status.freeze_time)
-                out["achieved_rpo_seconds"] = achieved
-                if out["rpo_target_seconds"]:
-                    out["rpo_met"] = achieved <= out["rpo_target_seconds"]
-        return out
+        # achieved_rpo_seconds and rpo_met come from the protection status: an RPO only while replication copies
+        protection = assess(inst, status, self.clock(), self.catalog.plan(inst.plan_id))
+        out.update(protection.attributes())
+        return out, protection
 
     def get_binding(self, instance_id: str, binding_id: str) -> dict[str, Any]:
         with self.store.read() as tx:
@@ -532,7 +554,7 @@ class BrokerService:
             raise BadRequest(f"plan_id: {plan_id!r} is not the plan of instance {inst.id}")
         active = [o for o in tx.active_operations(inst.id) if not o.type.is_binding]
         if active:
-            raise ConcurrencyError(f"instance {inst.id} has a {active[0].type.value} operation in progress")
+            raise ConcurrencyError(f"instance {inst.id} has {_a(active[0].type.value)} operation in progress")
 
     def _repeat_bind(self, tx: Tx, existing: Binding, digest: str, accepts_incomplete: bool) -> Result | str:
         if existing.request_hash != digest:
@@ -582,7 +604,7 @@ class BrokerService:
             else:
                 others = [o for o in active if not o.type.is_binding]
                 if others:
-                    raise ConcurrencyError(f"instance {req.instance_id} has a {others[0].type.value} "
+                    raise ConcurrencyError(f"instance {req.instance_id} has {_a(others[0].type.value)} "
                                            "operation in progress")
                 bind_op = next((o for o in mine if o.type == OperationType.BIND), None)
                 blocked_by = None

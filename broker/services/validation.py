@@ -56,7 +56,37 @@ _SAFE_FOR_CONTAINERS = {"required", "additionalProperties", "minProperties", "ma
                         "maxItems", "dependencies", "dependentRequired", "propertyNames"}
 
 
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit}" + ("" if n == 1 else "s")
+
+
+def _limit_message(err: ValidationError) -> str | None:
+    """The rule and its limit in words (jsonschema repeats the value and leaves the limit out)."""
+    limit, value = err.validator_value, err.instance
+    if err.validator in ("maxItems", "minItems") and isinstance(value, list):
+        bound = "at most" if err.validator == "maxItems" else "at least"
+        return f"has {_count(len(value), 'item')}; {bound} {limit} allowed"
+    if err.validator in ("maxProperties", "minProperties") and isinstance(value, dict):
+        bound = "at most" if err.validator == "maxProperties" else "at least"
+        return f"has {_count(len(value), 'property')}; {bound} {limit} allowed".replace("propertys", "properties")
+    if err.validator in ("maxLength", "minLength") and isinstance(value, str):
+        bound = "at most" if err.validator == "maxLength" else "at least"
+        return f"is {_count(len(value), 'character')} long; {bound} {limit} allowed"
+    if err.validator == "uniqueItems" and isinstance(value, list):
+        return "lists an item more than once; each may appear only once"
+    if err.validator == "pattern" and isinstance(value, str):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        form = err.schema.get("description") if isinstance(err.schema, dict) else None
+        # The field's description says what the pattern means; without one, the pattern is all there is.
+        return f"{shown!r} is not of the expected form ({form.rstrip('.')})" if form else \
+            f"{shown!r} is not of the expected form (pattern {limit})"
+    return None
+
+
 def _message(err: ValidationError) -> str:
+    limited = _limit_message(err)
+    if limited:
+        return limited
     # Messages of oneOf/anyOf/type/enum on an object repeat the whole object, secrets included.
     if isinstance(err.instance, dict | list) and err.validator not in _SAFE_FOR_CONTAINERS:
         if err.validator in ("oneOf", "anyOf"):

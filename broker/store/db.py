@@ -105,10 +105,23 @@ def alembic_config() -> Config:
     return Config(str(_ALEMBIC_INI))
 
 
+# "drmigrat": one advisory lock for every broker's schema upgrade on a PostgreSQL server.
+_MIGRATION_LOCK_KEY = 0x6472_6D69_6772_6174
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (Alembic), inside one transaction."""
+    """Bring the schema to ``revision`` (Alembic), inside one transaction.
+
+    Replicas and platform start commands run this at once (two Cloud Foundry instances, a Job retried while
+    the first attempt still runs): the transaction first takes the database's write lock (SQLite) or an
+    advisory lock (PostgreSQL), so the others wait, then find the schema current and do nothing.
+    """
     cfg = alembic_config()
-    with engine.begin() as conn:
+    sqlite = is_sqlite(engine)
+    with engine.connect().execution_options(**({"sqlite_begin": "IMMEDIATE"} if sqlite else {})) as conn, \
+            conn.begin():
+        if not sqlite:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 

@@ -151,8 +151,21 @@ audit_events = Table(
     # hash = sha256(prev_hash + canonical JSON of the record); the first record's prev_hash is 64 zeros.
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # How ``hash`` links the record (broker.security.audit): "sha256" (records written before the chain was
+    # keyed) or "hmac-sha256" (HMAC under the audit MAC key). No default, so that a broker that predates the
+    # keyed chain cannot append unkeyed records after it.
+    Column("chain", String(16), nullable=False),
     Index("ux_audit_events_prev_hash", "prev_hash", unique=True),
     Index("ix_audit_events_at", "at"),
+)
+
+# The audit trail's MAC key, generated once, sealed under the KEK (broker.security.audit_key).
+audit_keys = Table(
+    "audit_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("sealed", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 # Usage metering (paid plans, ibmcloud backend): one row per instance and hour, claimed before it is sent

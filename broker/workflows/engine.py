@@ -120,7 +120,7 @@ class Engine:
         self.orchestrator = orchestrator
         self.retry = retry or RetryPolicy()
         self.clock = clock
-        # Optional metrics sink: step_finished(action, seconds, ok) and step_retried(action).
+        # Optional metrics sink: step_finished(action, seconds, ok, parked=...) and step_retried(action).
         self.observer: Any = None
 
     # public ---------------------------------------------------------------------------------------
@@ -235,7 +235,8 @@ class Engine:
                     deadline=due, clock=self.clock,
                 )
             except AwaitingApproval as exc:
-                self._observe(step.action, began, ok=False)
+                # waiting for a person is not a backend error: no alert may fire for it
+                self._observe(step.action, began, ok=False, parked=True)
                 self._park(op, owner, idx, step, len(steps), exc)
                 return
             except RetryDeadline as exc:
@@ -327,9 +328,9 @@ class Engine:
                 found |= write_only_values(values, plan.parameter_schema(slot))
         return found
 
-    def _observe(self, action: str, began: float, *, ok: bool) -> None:
+    def _observe(self, action: str, began: float, *, ok: bool, parked: bool = False) -> None:
         if self.observer is not None:
-            self.observer.step_finished(action, time.perf_counter() - began, ok)
+            self.observer.step_finished(action, time.perf_counter() - began, ok, parked=parked)
 
     def _note_retry(self, op_id: str, idx: int, step: Step, total: int, attempt: int, exc: BaseException,
                     owner: str) -> None:

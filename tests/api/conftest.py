@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from sqlalchemy import select
@@ -147,6 +148,14 @@ def assert_rejected(runtime: Runtime, before: dict[str, Any], response: Any, sta
     body = assert_error(response, status, error)
     assert snapshot(runtime) == before, "a rejected request changed the broker's records"
     return body
+
+
+def page_of(dashboard_url: str) -> str:
+    """The dashboard page a ``dashboard_url`` opens: the broker hands out signed links (``?exp=...&sig=...``,
+    docs/dashboard.md), whose page part is what the tests compare."""
+    page, _, query = dashboard_url.partition("?")
+    assert set(parse_qs(query)) == {"exp", "sig"}, dashboard_url
+    return page
 
 
 def identity(platform: str, value: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 
 from broker.domain.models import InstanceState
-from tests.api.conftest import assert_error, assert_rejected, identity, operation_row, snapshot
+from tests.api.conftest import assert_error, assert_rejected, identity, operation_row, page_of, snapshot
 from tests.conftest import ACCOUNT, GRS_PARAMS, GRS_PLAN, HEADERS, SERVICE_ID, auth_header
 
 INSTANCE_CRN = f"crn:v1:bluemix:public:powervs-dr:us-south:a/{ACCOUNT}:8d7e6f5a-4b3c-4d2e-9f1a-0b9c8d7e6f5a::"
@@ -45,7 +45,7 @@ def test_ibm_instance_crn_id_is_encoded_with_percent_2f():
 def test_ibm_provision_with_crn_id_2_12_and_no_org_space_returns_202(osb, runtime):
     r = ibm_provision(osb)
     assert r.status_code == 202, r.get_data(as_text=True)
-    assert r.json["dashboard_url"].endswith(f"/dashboard/instances/{IID}")
+    assert page_of(r.json["dashboard_url"]).endswith(f"/dashboard/instances/{IID}")
     with runtime.store.read() as tx:
         inst = tx.get_instance(INSTANCE_CRN)
     assert inst is not None and inst.context == CONTEXT

@@ -31,6 +31,13 @@ def _broker_get(url: str, path: str) -> requests.Response:
     return requests.get(url + path, auth=(USER, PASSWORD), headers={"X-Broker-API-Version": "2.17"}, timeout=30)
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path, monkeypatch) -> None:
+    """The client keeps a record of what it created under $XDG_STATE_HOME: never the real one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / "state"))
+
+
 @pytest.fixture
 def slow_broker(broker_factory, db_path):
     return broker_factory(db_path, DRBROKER_SIM_STEP_SECONDS="0.3")
@@ -53,7 +60,7 @@ def test_provision_wait_follows_progress_to_success_then_every_command_works(slo
     assert body["metadata"]["attributes"]["replication_state"] == "consistent_copying"
 
     out = run(url, "last-operation", "cli-1")
-    assert out.returncode == 0 and out.stdout.startswith("succeeded")
+    assert out.returncode == 0 and out.stdout.startswith("provision: succeeded"), out.stdout
 
     params_file = tmp_path / "p.json"
     params_file.write_text(json.dumps({"rpo_target_minutes": 30}))
@@ -143,10 +150,10 @@ def test_client_module_runs_without_a_tty_and_prints_no_secret(slow_broker) -> N
     # stdin, stdout and stderr are pipes here: --wait must print plain progress lines, no terminal codes
     out = run(url, "provision", "tty-1", "--service", "powervs-dr", "--plan", "grs-async", "-c", PARAMS, "--wait")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("succeeded: ")
+    assert out.stdout.startswith("provision: succeeded (")
     progress = out.stderr.splitlines()
-    assert progress and all(re.match(r"(in progress|succeeded): ", line) for line in progress), out.stderr
-    assert any(re.match(r"in progress: step \d+/7: ", line) for line in progress), out.stderr
+    assert progress and all(line.startswith("provision: in progress") for line in progress), out.stderr
+    assert any(re.match(r"provision: in progress \(step \d+/7: ", line) for line in progress), out.stderr
     assert "\x1b" not in out.stdout + out.stderr and "\r" not in out.stderr
     # the client really provisioned: the broker has the instance, with the parameters sent
     body = _broker_get(url, "/v2/service_instances/tty-1").json()

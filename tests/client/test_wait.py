@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broker.client.osb import OSBClient, Response
+from broker.client.osb import ClientError, OSBClient, Response
 
 
 def _client(answers: list[Response]) -> tuple[OSBClient, list[dict[str, Any]]]:
@@ -65,3 +65,18 @@ def test_it_gives_up_at_the_timeout_and_never_sleeps_past_it() -> None:
     assert time.monotonic() - started < 1.5
     assert slept and slept[0] <= 0.3  # clamped to the time left, not Retry-After's 10 s
     assert len(asked) >= 2
+
+
+def test_a_refusal_while_waiting_ends_the_wait_at_once() -> None:
+    """A 401 (the password changed, or was wrong) is raised on the first poll: never polled again."""
+    client = OSBClient("http://127.0.0.1:9", user="u", password="p")
+    asked: list[str] = []
+
+    def last_operation(instance_id: str, binding_id: str | None, operation: str | None) -> Response:
+        asked.append(instance_id)
+        raise ClientError("invalid credentials", status=401, body={"error": "Unauthorized"})
+
+    client.last_operation = last_operation  # type: ignore[method-assign]
+    with pytest.raises(ClientError) as raised:
+        client.wait("i-1", sleep=lambda _s: None, timeout=5)
+    assert raised.value.status == 401 and asked == ["i-1"]

@@ -18,6 +18,7 @@ from broker.fakecloud.contracts.keyprotect_gen import KP_COMMIT
 from broker.fakecloud.contracts.sdk import SERVICES, sdk_shapes
 from broker.fakecloud.server import FakeCloudServer
 from broker.orchestrators.simulated.seed import DEMO_WORKSPACES, workspace_crn
+from tests.ibmfake import start_fake
 
 GO_MODEL = '''
 // Base base
@@ -143,7 +144,7 @@ def _sample(prop: dict):
 # the checks on the wire -----------------------------------------------------------------------------------
 @pytest.fixture
 def fake() -> Iterator[FakeCloudServer]:
-    server = FakeCloudServer(step_seconds=0.05).start()
+    server = start_fake(step_seconds=0.05)
     try:
         yield server
     finally:

@@ -18,6 +18,9 @@ from broker.workflows.definitions import DR_ACTIONS, Step, all_actions, steps_fo
 from tests.conftest import GRS_PARAMS, GRS_PLAN, SERVICE_ID, make_settings
 from tests.ibmfake import fake_cloud, ibmcloud_env
 
+# every runtime here starts on a database already at head (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("migrated_state_db")
+
 
 @pytest.fixture(params=["simulated", "ibmcloud"])
 def backend(request, tmp_path: Path):

@@ -82,7 +82,8 @@ class _StatusHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def status_server() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # polls for shutdown every 10 ms, not socketserver's 0.5 s, which the teardown would wait out
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

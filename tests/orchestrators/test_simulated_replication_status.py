@@ -13,6 +13,9 @@ from broker.domain.protocols import StepContext
 from broker.orchestrators.simulated import cloud as simulated_cloud
 from tests.conftest import GRS_PARAMS, make_settings
 
+# every runtime here starts on a database already at head (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("migrated_state_db")
+
 
 @pytest.fixture
 def rt(tmp_path: Path, db_url: str) -> Iterator[Runtime]:

@@ -1,5 +1,6 @@
-"""The audit trail: one hash-chained record per mutating request (refused ones too) and day-2 action;
-export and verify; tampering (an altered, deleted or re-hashed record, a truncated tail) is detected."""
+"""The audit trail: one MAC-chained record per mutating request (refused ones too) and day-2 action;
+export and verify; tampering (an altered, deleted or re-hashed record, a truncated tail) is detected.
+The keyed chain itself (rewrites, forged MACs, legacy records, replicas) is in test_audit_keyed.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from sqlalchemy import delete, text, update
 
 from broker.app import Runtime, build_runtime, create_app
 from broker.cli import main
-from broker.security.audit import GENESIS, AuditEvent, AuditTrail, chain_hash
+from broker.security import audit_key
+from broker.security.audit import GENESIS, AuditEvent, AuditTrail, chain_hash, chain_mac
 from broker.store.tables import audit_events
 from tests.conftest import GRS_PLAN, HEADERS, OSB, SERVICE_ID, make_settings
 
@@ -127,14 +129,14 @@ def test_an_altered_record_is_detected_and_named(rt: Runtime) -> None:
     assert not result.ok and result.broken_id == 3 and "altered" in (result.problem or "")
 
 
-def test_an_altered_record_with_a_recomputed_hash_breaks_the_next_link(rt: Runtime) -> None:
+def test_an_altered_record_with_a_recomputed_plain_hash_fails_its_own_mac(rt: Runtime) -> None:
     trail = _trail_with(rt, 5)
     row = next(r for r in trail.records() if r["id"] == 2)
     forged = {**row, "principal": "basic:mallory"}
     _tamper(rt, update(audit_events).where(audit_events.c.id == 2).values(
         principal="basic:mallory", hash=chain_hash(row["prev_hash"], forged)))
     result = trail.verify()
-    assert not result.ok and result.broken_id == 3 and "prev_hash" in (result.problem or "")
+    assert not result.ok and result.broken_id == 2 and "MAC" in (result.problem or "")
 
 
 def test_a_deleted_record_is_detected(rt: Runtime) -> None:
@@ -168,9 +170,13 @@ def test_audit_export_and_verify_commands(rt: Runtime, tmp_path: Path, monkeypat
     assert out.exit_code == 0, out.output
     lines = [json.loads(line) for line in out.output.splitlines()]
     assert [r["id"] for r in lines] == [1, 2, 3, 4]
+    with rt.store.read() as tx:
+        mac = audit_key.read(tx.conn, rt.store.sealer)
+    assert mac is not None
     prev = GENESIS
-    for record in lines:  # the export alone is enough to recompute the chain
-        assert chain_hash(prev, record) == record["hash"]
+    for record in lines:  # the export and the MAC key are enough to recompute the chain
+        assert record["chain"] == "hmac-sha256" and chain_mac(mac.key, prev, record) == record["hash"]
+        assert chain_hash(prev, record) != record["hash"]
         prev = record["hash"]
     assert lines[0]["at_iso"].endswith("Z")
 
@@ -194,12 +200,13 @@ def test_appends_from_several_processes_form_one_chain(rt: Runtime, tmp_path: Pa
         "from broker.store import db\n"
         "from broker.store.repository import Store\n"
         "from broker.security.audit import AuditTrail, AuditEvent\n"
-        "trail = AuditTrail(Store(db.make_engine(sys.argv[1])))\n"
+        "from broker.security.envelope import Envelope, LocalKeyFile\n"
+        "trail = AuditTrail(Store(db.make_engine(sys.argv[1]), Envelope(LocalKeyFile(sys.argv[3]))))\n"
         "for i in range(40):\n"
         "    trail.append(AuditEvent(action='update', principal=f'proc-{sys.argv[2]}', status=202))\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, rt.settings.database_url, str(n)])
-             for n in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, rt.settings.database_url, str(n),
+                               str(rt.settings.kek_path)]) for n in range(3)]
     trail = rt.audit
     assert trail is not None
     for _ in range(40):

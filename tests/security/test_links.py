@@ -1,5 +1,6 @@
 """Signed dashboard links (itsdangerous ``Signer``): a link opens its own instance until it expires; a tampered,
-expired or malformed one is refused with 401, never a 500."""
+expired or malformed one is refused with 403 (an expired one with a page that says so), never a 500, and never
+with the basic-auth challenge a customer could not answer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import time
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -45,18 +47,71 @@ def test_malformed_values_are_refused_without_an_exception(exp: str | None, sig:
 
 @pytest.mark.parametrize("query", ["exp=%C2%B2&sig=AAAA", "exp=4000000000&sig=%C3%A9", "exp=%FF&sig=%FF",
                                    "exp=4000000000&sig=", "sig=AAAA", "exp=12&sig=AAAA"])
-def test_the_dashboard_answers_a_malformed_or_forged_link_with_401(app: Flask, query: str) -> None:
-    r = app.test_client().get(f"/dashboard/instances/dash-1?{query}")
-    assert r.status_code == 401, r.get_data(as_text=True)
+def test_the_dashboard_answers_a_malformed_or_forged_link_with_403(app: Flask, query: str) -> None:
+    r = app.test_client().get(f"/dashboard/instances/dash-1?{query}", headers={"Accept": "application/json"})
+    assert r.status_code == 403, r.get_data(as_text=True)
+    assert r.json["error"] == "LinkInvalid" and "WWW-Authenticate" not in r.headers
 
 
 def test_the_dashboard_opens_with_a_valid_link(app: Flask) -> None:
     client = app.test_client()
-    with app.app_context():
-        from broker.api.dashboard import _secret
-
-        secret = _secret()
+    secret = app.extensions["drbroker"].service.dashboard_links.secret()
     query = links.signed_query(secret, "no-such-instance", 600)
     assert client.get(f"/dashboard/instances/no-such-instance?{query}").status_code == 404  # past the auth
     expired = links.signed_query(secret, "no-such-instance", -10, now=time.time())
-    assert client.get(f"/dashboard/instances/no-such-instance?{expired}").status_code == 401
+    r = client.get(f"/dashboard/instances/no-such-instance?{expired}", headers={"Accept": "text/html"})
+    assert r.status_code == 403 and "This link has expired" in r.get_data(as_text=True)
+    assert "WWW-Authenticate" not in r.headers
+
+
+# --- check: expired versus invalid, and the lifetime cap ---------------------------------------------------------
+
+def _q(instance_id: str, ttl: int, now: float, secret: bytes = SECRET) -> tuple[str, str]:
+    q = parse_qs(links.signed_query(secret, instance_id, ttl, now=now))
+    return q["exp"][0], q["sig"][0]
+
+
+def test_only_a_link_this_broker_signed_can_be_expired() -> None:
+    exp, sig = _q("dash-1", 600, 1000.0)
+    assert links.check(SECRET, "dash-1", exp, sig, now=1599.0) is links.LinkCheck.VALID
+    assert links.check(SECRET, "dash-1", exp, sig, now=1601.0) is links.LinkCheck.EXPIRED
+    assert links.check(b"another secret", "dash-1", exp, sig, now=1601.0) is links.LinkCheck.INVALID
+    assert links.check(SECRET, "dash-2", exp, sig, now=1601.0) is links.LinkCheck.INVALID
+    assert links.check(SECRET, "dash-1", "1599", sig, now=1601.0) is links.LinkCheck.INVALID
+
+
+def test_a_link_longer_than_the_maximum_does_not_open() -> None:
+    exp, sig = _q("dash-1", 10 * 86400, 1000.0)
+    assert links.check(SECRET, "dash-1", exp, sig, now=1000.0) is links.LinkCheck.VALID  # no cap given
+    assert links.check(SECRET, "dash-1", exp, sig, now=1000.0, max_seconds=86400) is links.LinkCheck.INVALID
+    # another replica's clock may be a little behind the one that signed a full-length link
+    exp, sig = _q("dash-1", 86400, 1000.0 + links.CLOCK_SKEW_SECONDS)
+    assert links.check(SECRET, "dash-1", exp, sig, now=1000.0, max_seconds=86400) is links.LinkCheck.VALID
+
+
+def test_dashboard_links_sign_with_the_maximum_and_refuse_more(tmp_path: Path) -> None:
+    issuer = links.DashboardLinks(tmp_path, "configured-secret", max_seconds=600)
+    link = issuer.sign("https://dr.example.com/dashboard/instances/dash-1", "dash-1", now=1000.0)
+    q = parse_qs(link.split("?", 1)[1])
+    assert q["exp"] == ["1600"]  # no lifetime asked: the maximum
+    assert issuer.check("dash-1", q["exp"][0], q["sig"][0], now=1500.0) is links.LinkCheck.VALID
+    assert issuer.lifetime(60) == 60
+    with pytest.raises(links.LinkLifetimeError, match=r"at most 600 s \(DRBROKER_DASHBOARD_LINK_MAX_SECONDS\)"):
+        issuer.lifetime(601)
+    with pytest.raises(links.LinkLifetimeError, match="must be a positive"):
+        links.DashboardLinks(tmp_path, "configured-secret", max_seconds=0)
+    assert not (tmp_path / links.KEY_FILE).exists()  # a configured secret writes no key file
+
+
+def test_a_group_readable_dashboard_key_stops_start_up(tmp_path: Path) -> None:
+    from broker.app import build_runtime, create_app
+    from tests.conftest import make_settings
+
+    runtime = build_runtime(make_settings(tmp_path))
+    key = runtime.settings.state_dir / links.KEY_FILE
+    key.write_text("a-key")
+    key.chmod(0o644)
+    with pytest.raises(SystemExit, match="chmod"):  # one line at start, not a 500 on every provision
+        create_app(runtime=runtime)
+    key.chmod(0o600)
+    assert create_app(runtime=runtime).extensions["drbroker"].service.dashboard_links.secret() == b"a-key"

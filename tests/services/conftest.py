@@ -1,16 +1,27 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.domain.catalog import Plan
+from broker.workflows.retry import RetryPolicy
 from tests.conftest import GRS_PARAMS, ORCH_DEPLOY, OSB, SERVICE_ID
 
 PLAN_NAMES = ("grs-async", "ksys-managed", "ksys-managed-ha", "ksys-managed-byok", "rehearsal-only")
 ORCH = {"name": "ksys-prod", "password": "Orchestrator-Pass-42", **ORCH_DEPLOY}
 ENCRYPTION = {"key_ring_id": "dr-test", "rotation_interval_months": 3}
+# The engine's retry policy (same attempts, same cap on a Retry-After) with a 10 ms first wait instead of
+# 200 ms, for tests that count retries of injected faults rather than time them.
+QUICK_RETRY = replace(RetryPolicy(), initial=0.01)
+
+
+@pytest.fixture(autouse=True)
+def _current_schema(migrated_state_db: Path) -> None:
+    """Every runtime built here on ``tmp_path`` starts on a database already at head (tests/conftest.py)."""
 
 
 def plan_id(runtime, name: str) -> str:

@@ -165,10 +165,11 @@ def test_parameter_update_adds_and_removes_volumes(dr: DR) -> None:
 def test_injected_transient_faults_succeed_after_retries(tmp_path) -> None:
     from broker.app import build_runtime, create_app
     from tests.conftest import make_settings
-    from tests.services.conftest import DR
+    from tests.services.conftest import DR, QUICK_RETRY
 
     rt = build_runtime(make_settings(tmp_path, sim_faults="create_replication_group=transient:3,"
                                                           "deploy_orchestrator=throttle:2"))
+    rt.engine.retry = QUICK_RETRY
     rt.worker.start()
     try:
         dr = DR(create_app(runtime=rt).test_client(), rt)

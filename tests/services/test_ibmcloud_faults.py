@@ -14,7 +14,7 @@ import pytest
 from broker.app import build_runtime, create_app
 from tests.conftest import SERVICE_ID, make_settings
 from tests.ibmfake import FakeAdmin, fake_cloud, ibmcloud_env
-from tests.services.conftest import DR
+from tests.services.conftest import DR, QUICK_RETRY
 
 
 class IbmDR(DR):
@@ -63,6 +63,7 @@ def test_throttling_is_retried_after_retry_after(ibm: IbmDR) -> None:
 
 
 def test_a_burst_of_5xx_is_retried(ibm: IbmDR) -> None:
+    ibm.runtime.engine.retry = QUICK_RETRY
     op_id = _accepted(ibm, "f-5xx")
     ibm.fake.fault(service="powervs", method="GET", path=r"/volumes/vol-app-data-1$", status=503, count=3)
     ibm.fake.fault(service="powervs", method="POST", path=r"/volumes/onboarding$", status=502, count=2)

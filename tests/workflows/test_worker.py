@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,7 @@ def test_stop_finishes_the_running_step_releases_the_lease_and_another_worker_re
 def test_transient_faults_are_retried_until_the_step_succeeds(tmp_path: Path, db_url: str) -> None:
     rt = build_runtime(make_settings(tmp_path, database_url=db_url,
                                      sim_faults="create_replication_group=transient:2"))
+    rt.engine.retry = replace(rt.engine.retry, initial=0.01)  # counts retries, does not time them
     op_id = _provision(rt, "i-transient")
     rt.worker.start()
     try:
@@ -191,6 +193,7 @@ def test_transient_faults_are_retried_until_the_step_succeeds(tmp_path: Path, db
 
 def test_throttling_is_retried(tmp_path: Path, db_url: str) -> None:
     rt = build_runtime(make_settings(tmp_path, database_url=db_url, sim_faults="enable_replication=throttle:1"))
+    rt.engine.retry = replace(rt.engine.retry, initial=0.01)  # counts retries, does not time them
     op_id = _provision(rt, "i-throttle")
     rt.worker.start()
     try:
