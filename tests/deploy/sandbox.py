@@ -64,6 +64,16 @@ def available() -> str | None:
     return None
 
 
+def _uncovered(mounts: Sequence[Mount]) -> list[dict[str, Any]]:
+    """The checkout and its virtualenv stand for the image's code: when a volume hides them (a checkout under
+    /tmp, where the chart mounts an emptyDir), bind them back read-only on top, as the image would have them."""
+    out = []
+    for path in dict.fromkeys([Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()]):
+        if any(path == Path(m.target) or Path(m.target) in path.parents for m in mounts):
+            out.append({"source": str(path), "target": str(path), "readonly": True})
+    return out
+
+
 @dataclass
 class Sandbox:
     """One container: ``argv`` with ``env`` in ``cwd``, as ``uid``/``gid``/``groups``, with ``mounts``."""
@@ -91,7 +101,7 @@ class Sandbox:
                 "scratch": tempfile.mkdtemp(prefix="sandbox-", dir=self.workdir),
                 "traverse": untraversable_dirs(python.parent, Path(__file__).resolve().parent),
                 "mounts": [{"source": str(m.source), "target": m.target, "readonly": m.readonly}
-                           for m in self.mounts]}
+                           for m in self.mounts] + _uncovered(self.mounts)}
         path = self.workdir / f"{self.name}.spec.json"
         path.write_text(json.dumps(spec))
         return path
@@ -198,6 +208,7 @@ def _launch(spec: dict[str, Any]) -> int:
     _sh("mount", "-o", "remount,ro", str(root))
     for m in spec["mounts"]:
         target = str(root / m["target"].lstrip("/"))
+        os.makedirs(target, exist_ok=True)  # a checkout under /tmp: its mount point lies in the /tmp volume
         _sh("mount", "--bind", m["source"], target)
         if m["readonly"]:
             _sh("mount", "-o", "remount,bind,ro", target)
