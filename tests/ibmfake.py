@@ -49,6 +49,19 @@ def fake_cloud(step_seconds: float = FAST_STEP, token_ttl: int = 3600) -> Iterat
         server.stop()
 
 
+def create_root_key(url: str, apikey: str, name: str = "drbroker-kek") -> str:
+    """A root key created in the fake's Key Protect through its REST API, as an operator would: its id."""
+    token = requests.post(f"{url}/identity/token", timeout=10, data={
+        "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": apikey}).json()
+    r = requests.post(f"{url}/api/v2/keys", timeout=10, json={
+        "metadata": {"collectionType": "application/vnd.ibm.kms.key+json", "collectionTotal": 1},
+        "resources": [{"type": "application/vnd.ibm.kms.key+json", "name": name, "extractable": False}]},
+        headers={"Authorization": f"Bearer {token['access_token']}", "Bluemix-Instance": DEMO_KMS_INSTANCE_ID,
+                 "Content-Type": "application/vnd.ibm.kms.key+json"})
+    assert r.status_code == 201, r.text
+    return r.json()["resources"][0]["id"]
+
+
 class FakeAdmin:
     """The fake's /_fake admin API."""
 

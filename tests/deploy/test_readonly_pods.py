@@ -38,7 +38,7 @@ from tests.deploy.helm import one, secret_data, template
 from tests.deploy.pods import Cluster, container_base_env, image_user, image_workdir, tree, with_port
 from tests.deploy.sandbox import Mount, Sandbox
 from tests.e2e.conftest import Client, free_port, wait_until
-from tests.ibmfake import fake_cloud
+from tests.ibmfake import create_root_key, fake_cloud
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,15 +63,7 @@ def pg() -> str:
 def key_protect() -> Iterator[tuple[str, str]]:
     """(fake IBM Cloud URL, a root key created in its Key Protect through the REST API)."""
     with fake_cloud() as server:
-        token = requests.post(f"{server.url}/identity/token", timeout=10, data={
-            "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": KEK_APIKEY}).json()
-        r = requests.post(f"{server.url}/api/v2/keys", timeout=10, json={
-            "metadata": {"collectionType": "application/vnd.ibm.kms.key+json", "collectionTotal": 1},
-            "resources": [{"type": "application/vnd.ibm.kms.key+json", "name": "drbroker-kek", "extractable": False}]},
-            headers={"Authorization": f"Bearer {token['access_token']}", "Bluemix-Instance": DEMO_KMS_INSTANCE_ID,
-                     "Content-Type": "application/vnd.ibm.kms.key+json"})
-        assert r.status_code == 201, r.text
-        yield server.url, r.json()["resources"][0]["id"]
+        yield server.url, create_root_key(server.url, KEK_APIKEY)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from click.testing import CliRunner
 
 from broker.app import build_runtime, create_app
@@ -20,22 +19,14 @@ from broker.security.keyprotect import KeyProtectKEK
 from broker.store import db as store_db
 from broker.store.sealed import count_by_kek
 from tests.conftest import KSYS_PARAMS, KSYS_PLAN, OSB, make_settings
-from tests.ibmfake import FakeAdmin, fake_cloud
+from tests.ibmfake import FakeAdmin, create_root_key, fake_cloud
 
 
 @pytest.fixture
 def kp() -> Iterator[tuple[str, str]]:
     """(fake cloud URL, id of a root key created in it through the REST API)."""
     with fake_cloud() as server:
-        token = requests.post(f"{server.url}/identity/token", timeout=10, data={
-            "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": "kek-test-apikey"}).json()
-        r = requests.post(f"{server.url}/api/v2/keys", timeout=10, json={
-            "metadata": {"collectionType": "application/vnd.ibm.kms.key+json", "collectionTotal": 1},
-            "resources": [{"type": "application/vnd.ibm.kms.key+json", "name": "drbroker-kek", "extractable": False}]},
-            headers={"Authorization": f"Bearer {token['access_token']}", "Bluemix-Instance": DEMO_KMS_INSTANCE_ID,
-                     "Content-Type": "application/vnd.ibm.kms.key+json"})
-        assert r.status_code == 201, r.text
-        yield server.url, r.json()["resources"][0]["id"]
+        yield server.url, create_root_key(server.url, "kek-test-apikey")
 
 
 def kek(kp: tuple[str, str]) -> KeyProtectKEK:
