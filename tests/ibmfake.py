@@ -59,6 +59,8 @@ def create_root_key(url: str, apikey: str, name: str = "drbroker-kek") -> str:
         headers={"Authorization": f"Bearer {token['access_token']}", "Bluemix-Instance": DEMO_KMS_INSTANCE_ID,
                  "Content-Type": "application/vnd.ibm.kms.key+json"})
     assert r.status_code == 201, r.text
+    # the request and its answer are Key Protect's own shapes (the fake checks both against IBM's definitions)
+    assert requests.get(f"{url}/_fake/contract", timeout=10).json()["violations"] == []
     return r.json()["resources"][0]["id"]
 
 

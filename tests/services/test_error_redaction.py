@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from sqlalchemy import select
 
 from broker.app import build_runtime, create_app
@@ -47,6 +48,9 @@ def test_an_echoed_request_body_in_an_ibm_error_is_redacted_everywhere(ibm, tmp_
     # The fault did answer, echoing the secrets: the broker saw them and kept them out of its records.
     assert any(f["hits"] for f in fake.faults()), fake.faults()
     assert "400" in result["description"], result
+    # the echoing answer, and every request that led to it, hold to IBM's DR Automation definitions
+    contract = requests.get(f"{fake.url}/_fake/contract", timeout=10).json()
+    assert contract["exchanges_checked"] > 0 and contract["violations"] == [], contract["violations"]
     text = json.dumps(result)
     with dr.runtime.store.read() as tx:
         rows = [tuple(r) for r in tx.conn.execute(select(operation_steps))]
