@@ -129,14 +129,21 @@ class FrontChannel(HTTPChannel):
         super().handle_read()
 
     def _discard(self) -> None:
+        self.recv_raw(65536)
+
+    def recv_raw(self, size: int) -> bytes | None:
+        """What the socket holds now, unparsed; None when it holds nothing yet, or when the peer has gone (the
+        channel is then aborted)."""
         try:
-            data = self.socket.recv(65536)
+            data = self.socket.recv(size)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             data = b""
         if not data:
             self.abort()
+            return None
+        return data
 
     # closing ----------------------------------------------------------------------------------------
     def pending_output(self) -> int:

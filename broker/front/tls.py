@@ -51,14 +51,8 @@ class TlsChannel(FrontChannel):
         if self.lingering_until is not None:
             self._discard()
             return
-        try:
-            raw = self.socket.recv(self.adj.recv_bytes)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            raw = b""
-        if not raw:
-            self.abort()
+        raw = self.recv_raw(self.adj.recv_bytes)
+        if raw is None:
             return
         with self._tls_lock:
             self._incoming.write(raw)
