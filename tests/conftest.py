@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from flask import Flask
@@ -66,6 +66,14 @@ def _pg_reason() -> str | None:
         return f"no PostgreSQL at {PG_URL} ({type(exc).__name__}: {exc})".splitlines()[0]
 
 
+def required_in_ci(tests: str, reason: str) -> NoReturn:
+    """A part of the suite whose server or tool is missing here: in CI (``CI`` set) a failure, elsewhere a skip
+    that says why (tests/test_ci_policy.py)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the {tests} tests: {reason}")
+    pytest.skip(reason)
+
+
 _PG_REASON: list[str | None] = []
 
 
@@ -75,9 +83,7 @@ def postgres_url_or_skip() -> str:
         _PG_REASON.append(_pg_reason())
     reason = _PG_REASON[0]
     if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
-        pytest.skip(reason)
+        required_in_ci("PostgreSQL", reason)
     import psycopg
 
     schema = f"t_{uuid.uuid4().hex[:12]}"

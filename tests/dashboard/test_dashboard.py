@@ -26,7 +26,7 @@ import requests
 
 from broker.config import Settings
 from broker.security.links import DashboardLinks, signed_query
-from tests.conftest import KSYS_PARAMS, KSYS_PLAN, PASSWORD, ROOT, SERVICE_ID, USER, grs_params
+from tests.conftest import KSYS_PARAMS, KSYS_PLAN, PASSWORD, ROOT, SERVICE_ID, USER, grs_params, required_in_ci
 from tests.e2e.conftest import BrokerProcess, base_env, drbroker_command, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -39,9 +39,7 @@ CASES = {"healthy": "dash-ok", "degraded": "dash-deg", "failed-over": "dash-fo"}
 def _need_chromium() -> str:
     """The browser, or: in CI (``CI`` set) a failure, elsewhere a skip that says why."""
     if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser test: install Debian's chromium (.ci/run does)")
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
+        required_in_ci("browser", "no chromium on this machine (apt-get install chromium; .ci/run does)")
     return CHROMIUM
 
 
