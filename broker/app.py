@@ -71,6 +71,9 @@ class Runtime:
     # Rotates the simulated Key Protect's root keys at their policy interval (simulated backend only; on IBM
     # Cloud Key Protect rotates by the key's own policy); started with the operation worker.
     key_rotation: Any = None
+    # The DR-evidence jobs (broker.jobs: rehearsal scheduler, notification dispatch, COS export); started with
+    # the operation worker.
+    jobs: list[Any] = field(default_factory=list)
     # Set only when this start created the generated credentials file: the password, to print once.
     generated_password: str | None = None
     generated_username: str | None = None
@@ -245,6 +248,10 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.rpo_sampler = RpoSampler(store, orchestrator, interval=settings.rpo_sample_seconds)
     runtime.key_rotation = make_key_rotation(orchestrator)
     wf_engine.observer = metrics.MetricsObserver()
+    from broker import jobs
+
+    wf_engine.listeners = jobs.make_listeners(runtime)
+    runtime.jobs = jobs.make_jobs(runtime)
     return runtime
 
 

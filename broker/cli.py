@@ -310,5 +310,14 @@ def _register_client() -> None:
 _register_client()
 
 
+def _register_jobs() -> None:
+    from broker.cli_jobs import jobs
+
+    main.add_command(jobs)
+
+
+_register_jobs()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STATE_DIR = Path(".drbroker")
+EVIDENCE_PREFIXES = ("DRBROKER_REHEARSAL_", "DRBROKER_EVENTS_", "DRBROKER_COS_", "DRBROKER_NOTIFY_",
+                     "DRBROKER_SMTP_", "DRBROKER_WEBHOOK_", "DRBROKER_EVENT_NOTIFICATIONS_")
 
 
 def _catalog_default() -> str:
@@ -82,6 +84,9 @@ class Settings:
     # The ibmcloud backend (README: "Running against IBM Cloud"): every DRBROKER_IBMCLOUD_* and
     # DRBROKER_METERING_* variable, read by broker.orchestrators.ibmcloud.config.
     ibmcloud_env: Mapping[str, str] = field(default_factory=dict)
+    # The DR-evidence parts (broker.jobs): every DRBROKER_REHEARSAL_*, _EVENTS_*, _COS_*, _NOTIFY_*, _SMTP_*,
+    # _WEBHOOK_* and _EVENT_NOTIFICATIONS_* variable, each read (and checked) by the part it configures.
+    evidence_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -128,6 +133,7 @@ class Settings:
             audit_refused_per_minute=int(env_float(env, "DRBROKER_AUDIT_REFUSED_PER_MINUTE", 60)),
             ibmcloud_env={k: v for k, v in env.items()
                           if k.startswith(("DRBROKER_IBMCLOUD_", "DRBROKER_METERING_"))},
+            evidence_env={k: v for k, v in env.items() if k.startswith(EVIDENCE_PREFIXES)},
         )
         return replace(settings, **overrides)
 

@@ -71,6 +71,8 @@ def _post_worker_init(worker: Any) -> None:
     runtime.rpo_sampler.start()
     if runtime.key_rotation is not None:
         runtime.key_rotation.start()
+    for job in runtime.jobs:
+        job.start()
     # On SIGTERM gunicorn stops accepting and lets requests in flight finish; the operation worker must stop
     # at its next step boundary now, not only after that drain (worker_exit), or it starts new steps while
     # draining and may be killed in the middle of one when graceful_timeout runs out.
@@ -95,6 +97,8 @@ def _worker_exit(_server: Any, worker: Any) -> None:
     runtime.rpo_sampler.stop()
     if runtime.key_rotation is not None:
         runtime.key_rotation.stop()
+    for job in runtime.jobs:
+        job.stop()
     runtime.store.engine.dispose()
 
 

@@ -200,3 +200,108 @@ rpo_samples = Table(
     Column("replication_state", String(64), nullable=False),
     Index("ix_rpo_samples_at", "at"),
 )
+
+
+# --- DR evidence (migration 0008) ---------------------------------------------------------------------------
+# One typed record per DR fact (broker.events), written in the transaction of the state change that causes it.
+# ``seq`` is assigned max + 1 under the writer lock (BEGIN IMMEDIATE; an advisory lock on PostgreSQL), so
+# events commit in seq order and a reader that has seen seq N has seen every event before it: the exports and
+# the notification dispatcher follow seq with a cursor and never skip one.
+dr_events = Table(
+    "dr_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("id", String(36), nullable=False),
+    Column("at", Float, nullable=False),
+    # one of broker.events.types.EVENT_TYPES
+    Column("type", String(64), nullable=False),
+    # info | warning | critical
+    Column("severity", String(16), nullable=False),
+    Column("instance_id", String(ID)),
+    Column("binding_id", String(ID)),
+    Column("operation_id", String(64)),
+    Column("summary", Text, nullable=False),
+    # Facts of the event (never a secret): states, RPO seconds, RTO seconds, step names, ...
+    Column("data", Text, nullable=False, default="{}"),
+    Index("ux_dr_events_id", "id", unique=True),
+    Index("ix_dr_events_instance", "instance_id", "seq"),
+    Index("ix_dr_events_at", "at"),
+)
+
+# One row per instance with a rehearsal schedule (broker.rehearsals): when the next rehearsal is due, and the
+# lease of the process that fires it, so that however many replicas run, one fires each due rehearsal once.
+rehearsal_schedules = Table(
+    "rehearsal_schedules",
+    metadata,
+    Column("instance_id", String(ID), primary_key=True),
+    Column("schedule", String(128), nullable=False),  # a cron expression (croniter)
+    Column("timezone", String(64), nullable=False, default="UTC"),
+    Column("window_start", String(5)),  # HH:MM in timezone, or NULL: any time
+    Column("window_minutes", Integer),
+    Column("max_age_seconds", Float),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("next_due_at", Float, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Column("last_fired_at", Float),
+    # started | skipped:<why> | passed | failed
+    Column("last_outcome", String(128)),
+    Column("last_operation_id", String(64)),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_rehearsal_schedules_due", "enabled", "next_due_at"),
+)
+
+# Deliveries of DR events to their subscribers (broker.notifications): one row per event and destination,
+# written by the dispatcher from the event log, claimed with a lease, retried with back-off until sent or dead.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("event_seq", Integer, nullable=False),
+    Column("instance_id", String(ID)),
+    # webhook | email | event_notifications
+    Column("channel", String(32), nullable=False),
+    # the URL, the e-mail address, the Event Notifications destination
+    Column("target", Text, nullable=False),
+    # pending | sending | sent | dead
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("sent_at", Float),
+    Index("ux_outbox_delivery", "event_seq", "channel", "target", unique=True),
+    Index("ix_outbox_due", "state", "next_attempt_at"),
+)
+
+# Where each sequential export (COS: events, audit; the notification dispatcher) has got to. ``pending_*``
+# names the batch being written before it is written, so that a run after a crash writes the same object
+# with the same content, never a second object for the same records.
+export_cursors = Table(
+    "export_cursors",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("last_seq", Integer, nullable=False, default=0),
+    Column("pending_start", Integer),
+    Column("pending_end", Integer),
+    Column("pending_key", Text),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    Column("last_export_at", Float),
+    Column("last_error", Text),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Instances whose DR configuration changed since their last snapshot in COS (broker.evidence.snapshots).
+instance_snapshots = Table(
+    "instance_snapshots",
+    metadata,
+    Column("instance_id", String(ID), primary_key=True),
+    Column("changed_at", Float, nullable=False),
+    Column("exported_at", Float),
+    Column("exported_key", Text),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+)

@@ -122,6 +122,11 @@ class Engine:
         self.clock = clock
         # Optional metrics sink: step_finished(action, seconds, ok, parked=...) and step_retried(action).
         self.observer: Any = None
+        # Told of each operation's start, success and failure inside the transaction that records it, so
+        # what they write (DR events, rehearsal schedules, snapshot marks) commits with the state change.
+        # Each may define started(tx, op, now), succeeded(tx, op, before, after, outputs, now) and
+        # failed(tx, op, reason, failed_action, now); ``before``/``after`` are the instance either side.
+        self.listeners: list[Any] = []
 
     # public ---------------------------------------------------------------------------------------
     def plan_for(self, op: Operation) -> Plan:
@@ -290,7 +295,15 @@ class Engine:
                 operation_id=op.id, idx=idx, name=step.action, state="running",
                 attempts=(previous.attempts if previous else 0) + 1, started_at=now, finished_at=None,
                 outputs={}, error=None), new=previous is None)
+            if idx == 0 and previous is None:
+                self._tell(tx, "started", op, now)
         return True
+
+    def _tell(self, tx: Tx, what: str, *args: Any) -> None:
+        for listener in self.listeners:
+            hook = getattr(listener, what, None)
+            if hook is not None:
+                hook(tx, *args)
 
     def _record_done(self, tx: Tx, op: Operation, owner: str, done: _Done, now: float) -> None:
         if not tx.update_operation(op.id, expect=self._guard(owner), step_index=done.idx + 1):
@@ -415,7 +428,7 @@ class Engine:
                                        finished_at=now, lease_owner=None, lease_until=None,
                                        step_index=total):
                 raise LeaseLost(op.id)
-            inst = tx.get_instance(op.instance_id)
+            inst = before = tx.get_instance(op.instance_id)
             dr_state = {**(inst.dr_state if inst else {}), **outputs.get("dr_state", {})}
             if op.type == OperationType.PROVISION:
                 dr_state.setdefault("active_site", "primary")
@@ -465,6 +478,8 @@ class Engine:
                 assert op.binding_id is not None
                 tx.update_binding(op.instance_id, op.binding_id, state=BindingState.GONE.value,
                                   credentials=None, updated_at=now)
+            if self.listeners:
+                self._tell(tx, "succeeded", op, before, tx.get_instance(op.instance_id), outputs, now)
         log.info("operation %s (%s %s) succeeded", op.id, op.type.value, op.instance_id)
 
     def _mark_step(self, tx: Tx, op_id: str, idx: int, state: str, error: str | None) -> None:
@@ -523,4 +538,5 @@ class Engine:
                 raise LeaseLost(op.id)
             # Re-read: a deprovision or unbind that arrived during the last step now owns the state.
             record_failure(tx, tx.get_operation(op.id) or op, now)
+            self._tell(tx, "failed", op, reason, failed_step[1].action if failed_step else None, now)
         log.warning("operation %s (%s %s) %s", op.id, op.type.value, op.instance_id, description)
