@@ -24,6 +24,7 @@ from broker.config import Settings
 from broker.domain.catalog import Catalog, load_catalog
 from broker.domain.errors import BrokerError, PayloadTooLarge, Unauthorized
 from broker.domain.protocols import Orchestrator
+from broker.reports.retention import sample_retention_seconds
 from broker.security import redaction
 from broker.security.audit import AuditTrail, bounded
 from broker.security.basic import (
@@ -245,7 +246,8 @@ def build_runtime(settings: Settings) -> Runtime:
                                       total=settings.audit_refused_per_minute)
     runtime.authenticators = make_authenticators(settings, runtime)
     runtime.meter = make_meter(settings, runtime)
-    runtime.rpo_sampler = RpoSampler(store, orchestrator, interval=settings.rpo_sample_seconds)
+    runtime.rpo_sampler = RpoSampler(store, orchestrator, interval=settings.rpo_sample_seconds,
+                                     keep_seconds=sample_retention_seconds(settings))
     runtime.key_rotation = make_key_rotation(orchestrator)
     wf_engine.observer = metrics.MetricsObserver()
     from broker import jobs

@@ -319,5 +319,41 @@ def _register_jobs() -> None:
 _register_jobs()
 
 
+def _register_snapshot() -> None:
+    from broker.cli_snapshot import snapshot
+
+    main.add_command(snapshot)
+
+
+_register_snapshot()
+
+
+def _register_events() -> None:
+    from broker.cli_events import events
+
+    main.add_command(events)
+
+
+_register_events()
+
+
+def _register_report() -> None:
+    from broker.cli_report import report
+
+    main.add_command(report)
+
+
+_register_report()
+
+
+def _register_notifications() -> None:
+    from broker.cli_notifications import notifications
+
+    main.add_command(notifications)
+
+
+_register_notifications()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

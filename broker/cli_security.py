@@ -219,7 +219,9 @@ def _verifying_envelope(settings: Settings):  # type: ignore[no-untyped-def]
 @click.option("--head", help="a record hash exported earlier that must still be in the chain")
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="the checkpoint file whose head must still be in the chain  [default: DRBROKER_AUDIT_CHECKPOINT]")
-def audit_verify(head: str | None, checkpoint: str | None) -> None:
+@click.option("--against-cos", is_flag=True,
+              help="also hold every record up to the newest anchor in COS to its exported copy (DRBROKER_COS_*)")
+def audit_verify(head: str | None, checkpoint: str | None, against_cos: bool) -> None:
     """Check every record's link (MAC, or SHA-256 for records from before the chain was keyed) and the head
     against the checkpoint file; exit 1 naming the first broken record, a truncation or a missing checkpoint."""
     from broker.security.audit import AuditTrail
@@ -228,15 +230,38 @@ def audit_verify(head: str | None, checkpoint: str | None) -> None:
     settings = Settings.from_env()
     checkpoint = checkpoint or settings.audit_checkpoint
     engine = _engine(settings)
-    result = AuditTrail(Store(engine, _verifying_envelope(settings))).verify(head=head, checkpoint=checkpoint)
+    store = Store(engine, _verifying_envelope(settings))
+    result = AuditTrail(store).verify(head=head, checkpoint=checkpoint)
+    cos_note = _verify_against_cos(settings, store) if against_cos and result.ok else None
     engine.dispose()
     if not result.ok:
         click.echo(f"audit trail BROKEN: {result.problem}", err=True)
         sys.exit(1)
+    if cos_note:
+        click.echo(cos_note)
     keyed = result.records - result.legacy
     click.echo(f"audit trail intact: {result.records} record(s) ({keyed} keyed, {result.legacy} unkeyed from "
                f"before the upgrade), head #{result.head_id} {result.head}; "
                + (result.checkpoint or "no checkpoint file (set DRBROKER_AUDIT_CHECKPOINT) to detect truncation"))
+
+
+def _verify_against_cos(settings: Settings, store: object) -> str:
+    """``--against-cos`` (broker.evidence.anchor): exit 1 naming the first record that differs from COS."""
+    from broker.evidence.anchor import verify_against_cos
+    from broker.evidence.cos import CosError
+    from broker.evidence.restore import require_bucket
+
+    try:
+        check = verify_against_cos(store, require_bucket(settings.evidence_env))  # type: ignore[arg-type]
+    except SystemExit as exc:  # a bad DRBROKER_COS_* value
+        raise click.ClickException(str(exc.code)) from None
+    except CosError as exc:
+        click.echo(f"audit trail NOT VERIFIED against COS: {exc}", err=True)
+        sys.exit(1)
+    if not check.ok:
+        click.echo(f"audit trail BROKEN (against COS): {check.problem}", err=True)
+        sys.exit(1)
+    return f"COS: records #1..#{check.anchor_id} match their exported copies and the anchor of #{check.anchor_id}"
 
 
 @click.group()

@@ -30,6 +30,45 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SystemExit(f"{name}={raw!r} is not a number") from None
 
 
+def env_text(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    """A setting's text, stripped; empty or unset is ``default``."""
+    value = (env.get(name) or "").strip()
+    return value or default
+
+
+def env_number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    """A number within ``low..high``; anything else stops start-up naming the variable."""
+    raw = env_text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise SystemExit(f"{name}={raw!r} must be between {low:g} and {high:g}")
+    return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    """A whole number within ``low..high`` (as ``env_number``)."""
+    value = env_number(env, name, default, low=low, high=high)
+    if value != int(value):
+        raise SystemExit(f"{name}={env.get(name)!r} is not a whole number")
+    return int(value)
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env_text(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name}={raw!r} must be true or false")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = f"sqlite:///{DEFAULT_STATE_DIR / 'state.db'}"
@@ -56,6 +95,8 @@ class Settings:
     worker_threads: int = 2
     account_instance_limit: int = 20
     rpo_sample_seconds: float = 60.0
+    # How long RPO samples are kept (days): a report over a longer period has RPO figures for this long only.
+    rpo_sample_keep_days: float = 31.0
     dashboard_secret: str | None = None
     # The longest a signed dashboard link may live (docs/dashboard.md): the links handed to the platform live this
     # long, and `drbroker dashboard link --ttl` may ask for no more.
@@ -115,6 +156,7 @@ class Settings:
             worker_threads=int(env_float(env, "DRBROKER_WORKER_THREADS", 2)),
             account_instance_limit=int(env_float(env, "DRBROKER_ACCOUNT_INSTANCE_LIMIT", 20)),
             rpo_sample_seconds=env_float(env, "DRBROKER_RPO_SAMPLE_SECONDS", 60.0),
+            rpo_sample_keep_days=env_float(env, "DRBROKER_RPO_SAMPLE_KEEP_DAYS", 31.0),
             dashboard_secret=env.get("DRBROKER_DASHBOARD_SECRET") or None,
             dashboard_link_max_seconds=env_float(env, "DRBROKER_DASHBOARD_LINK_MAX_SECONDS", 86400.0),
             metrics_public=(env.get("DRBROKER_METRICS_PUBLIC") or "").lower() in ("1", "true", "yes"),

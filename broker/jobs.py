@@ -15,9 +15,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-JOBS: tuple[str, ...] = ()
+JOBS: tuple[str, ...] = (
+    "broker.rehearsals.scheduler:make_job",
+    "broker.notifications.job:make_job",
+    "broker.evidence.export:make_job",
+)
 
-LISTENERS: tuple[str, ...] = ()
+LISTENERS: tuple[str, ...] = (
+    "broker.events.listener:make_listener",
+    "broker.rehearsals.sync:make_listener",
+    "broker.evidence.snapshots:make_listener",
+)
 
 
 def _load(ref: str) -> Any:

@@ -98,6 +98,18 @@ def postgres_url_or_skip() -> str:
 _SCHEMAS: list[str] = []
 
 
+@pytest.fixture
+def pg_url() -> str:
+    """A fresh PostgreSQL schema, migrated: what ``drbroker db upgrade`` leaves for replicas to share."""
+    from broker.store import db
+
+    url = postgres_url_or_skip()
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    return url
+
+
 def drop_test_schemas() -> None:
     if not _SCHEMAS:
         return

@@ -27,6 +27,7 @@ from broker.api import dashboard_view as view
 from broker.api import parsing as p
 from broker.api.dashboard_chart import render as render_chart
 from broker.domain.errors import NotFound
+from broker.reports.render_html import CSS as REPORT_CSS
 from broker.security.filemodes import InsecureFileError
 from broker.security.links import KEY_FILE, DashboardLinks, LinkCheck, LinkLifetimeError
 from broker.services.protection import iso, when
@@ -46,7 +47,8 @@ def _style_hash(css: str) -> str:
 
 # No script at all: the only inline content is the style block (allowed by hash) and the inline SVG chart
 # (markup, not a fetch); the page refreshes through <meta http-equiv="refresh">, which CSP does not govern.
-CONTENT_SECURITY_POLICY = (f"default-src 'none'; style-src {_style_hash(CSS)}; img-src data:; "
+# The report page (broker.api.dashboard_report) has a style block of its own, admitted by its hash too.
+CONTENT_SECURITY_POLICY = (f"default-src 'none'; style-src {_style_hash(CSS)} {_style_hash(REPORT_CSS)}; img-src data:; "
                            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -160,8 +162,12 @@ def instance_page(instance_id: str) -> str:
         "orch": view.orchestrator_health(plan, ops, steps, now), "backend": runtime.orchestrator.name,
         "ops": rows, "last_failed": view.last_failed(rows), "bindings": bindings,
         "rto_target": rto_minutes * 60 if rto_minutes else None,
+        "report_url": report_href(iid, request.args.to_dict()),
         "chart": render_chart(samples, attrs.get("rpo_target_seconds"), now),
         "stamp": view.stamp, "iso": iso, "duration": view.duration_text,
         "when": lambda ts: when(ts, now), "clock": lambda ts: view.clock_text(ts, now),
     }
     return render_template("dashboard/instance.html", **context)
+
+
+from broker.api.dashboard_report import report_href  # noqa: E402  (it adds its route to this blueprint)

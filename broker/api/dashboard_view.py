@@ -25,7 +25,8 @@ ORCHESTRATOR_ACTIONS = frozenset({
     "stop_secondary_vms", "start_rehearsal", "verify_rehearsal", "cleanup_rehearsal",
 })
 # The moves whose duration is a recovery time; the step after which the workload runs again.
-_MOVES = {"failover": "start_secondary_vms", "failback": "start_primary_vms", "test_failover": "verify_rehearsal"}
+_MOVES = {"failover": "start_secondary_vms", "failback": "start_primary_vms", "test_failover": "verify_rehearsal",
+          "rehearsal": "verify_rehearsal"}
 
 
 def stamp(ts: float | None) -> str:

@@ -32,7 +32,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from broker.api.metrics_dr import instance_families
+from broker.api.metrics_evidence import evidence_families
+from broker.api.metrics_notifications import NotificationsCollector
 from broker.api.metrics_process import BrokerProcessCollector
+from broker.api.metrics_rehearsals import rehearsal_families
 from broker.domain.models import OperationState, OperationType
 from broker.store.tables import operations
 
@@ -140,6 +143,8 @@ class StoreCollector(Collector):
             stuck.add_metric([op_type.value], max(0.0, now - accepted) if accepted else 0.0)
         yield stuck
         yield from instance_families(self.runtime)
+        yield from evidence_families(self.runtime)
+        yield from rehearsal_families(self.runtime)
 
 
 _PLATFORM = PlatformCollector(registry=None)
@@ -167,4 +172,5 @@ def metrics() -> Response:
     registry.register(BrokerProcessCollector())
     registry.register(_PLATFORM)
     registry.register(StoreCollector(runtime))
+    registry.register(NotificationsCollector(runtime))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

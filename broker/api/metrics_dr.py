@@ -19,15 +19,25 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
+from broker.api.metrics_rehearsals import SERIES_PER_INSTANCE as REHEARSAL_SERIES
 from broker.domain.catalog import Plan
 from broker.domain.models import Instance, InstanceState
+from broker.rehearsals.spec import LEGACY, effective
 from broker.services.protection import REPLICATION_STATES as KNOWN_REPLICATION
 from broker.services.protection import Protection, ProtectionStatus, assess
 
 DAY = 86400.0
 # How old the last rehearsal may be under each dr_test_schedule: the longest month and quarter, so that a
-# rehearsal on the same day of each month (or quarter) is never reported late.
-REHEARSAL_INTERVALS: Mapping[str, float] = {"weekly": 7 * DAY, "monthly": 31 * DAY, "quarterly": 92 * DAY}
+# rehearsal on the same day of each month (or quarter) is never reported late. The mapping itself lives with
+# the rehearsal parameter (broker.rehearsals.spec.LEGACY); an instance's effective max age is max_age_seconds.
+REHEARSAL_INTERVALS: Mapping[str, float] = {name: days * DAY for name, (_, days) in LEGACY.items()}
+
+
+def max_age_seconds(parameters: Mapping[str, Any]) -> float | None:
+    """How old the last passed rehearsal may be: the rehearsal parameter's max age (``max_age_days``, else the
+    longest gap between its runs), or dr_test_schedule's; None without either."""
+    spec = effective(parameters)
+    return spec.effective_max_age() if spec is not None else None
 
 INSTANCE_STATES = tuple(s.value for s in InstanceState if s is not InstanceState.GONE)
 PROTECTION_STATUSES = tuple(s.value for s in ProtectionStatus)
@@ -51,8 +61,8 @@ _SCALARS: tuple[tuple[str, str], ...] = (
     ("last_rehearsal_age_seconds", "Seconds since the last successful test failover (absent: never)"),
     ("last_rehearsal_rto_seconds", "The RTO the last rehearsal measured"),
     ("rto_target_seconds", "The plan's RTO target, which every rehearsal is held to"),
-    ("rehearsal_interval_seconds", "How old the last rehearsal may be under the instance's dr_test_schedule "
-                                   "(absent: no schedule)"),
+    ("rehearsal_interval_seconds", "How old the last rehearsal may be under the instance's rehearsal schedule "
+                                   "(rehearsal.max_age_days, or dr_test_schedule's; absent: no schedule)"),
     ("age_seconds", "Seconds since the instance was provisioned"),
 )
 _SETS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -63,7 +73,8 @@ _SETS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "The replication group's state as the storage reports it: 1 for the current one"),
     ("active_site", "site", SITES, "Which site runs the workload: 1 for the active one"),
 )
-SERIES_PER_INSTANCE = len(_SCALARS) + sum(len(values) for _, _, values, _ in _SETS)
+# ... plus the rehearsal schedule's own (broker.api.metrics_rehearsals)
+SERIES_PER_INSTANCE = len(_SCALARS) + sum(len(values) for _, _, values, _ in _SETS) + REHEARSAL_SERIES
 
 
 def _facts(inst: Instance, plan: Plan | None, protection: Protection, now: float) -> dict[str, float | None]:
@@ -84,7 +95,7 @@ def _facts(inst: Instance, plan: Plan | None, protection: Protection, now: float
         "last_rehearsal_age_seconds": max(0.0, now - last) if last else None,
         "last_rehearsal_rto_seconds": dr.get("last_rehearsal_rto_seconds"),
         "rto_target_seconds": float(rto_minutes) * 60 if rto_minutes else None,
-        "rehearsal_interval_seconds": REHEARSAL_INTERVALS.get(inst.parameters.get("dr_test_schedule") or ""),
+        "rehearsal_interval_seconds": max_age_seconds(inst.parameters),
         "age_seconds": max(0.0, now - inst.created_at),
     }
 

@@ -131,6 +131,14 @@ def build_document(dr_action_schema: dict[str, Any] | None) -> dict[str, Any]:
             "/dashboard/instances/{instance_id}": {"get": {
                 "summary": "The instance's DR dashboard (HTML)", "parameters": [iid],
                 "responses": {"200": {"description": "HTML page"}, **_errors(401, 404)}}},
+            "/dashboard/instances/{instance_id}/report": {"get": {
+                "summary": "The instance's DR report over a period (docs/reports.md): printable HTML, JSON or CSV",
+                "parameters": [iid, *({"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
+                                      for n, d in (("days", "the period: N days before until (default 30)"),
+                                                   ("since", "start of the period, ISO 8601"),
+                                                   ("until", "end of the period, ISO 8601 (default now)"),
+                                                   ("format", "html (default), json or csv")))],
+                "responses": {"200": {"description": "The report"}, **_errors(400, 401, 404)}}},
         },
         "components": {
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},

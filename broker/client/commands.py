@@ -31,7 +31,7 @@ from broker.client.render import (
     status_line,
 )
 
-DR_ACTIONS = ["test_failover", "cleanup_test", "failover", "failback", "resync"]
+DR_ACTIONS = ["test_failover", "cleanup_test", "failover", "failback", "resync", "rehearsal"]
 _JSON = "drbroker.client.json"
 
 
@@ -371,8 +371,11 @@ def instance(s: Session, instance_id: str) -> None:
         if attrs.get("next_step"):
             lines.append(f"next step: {attrs['next_step']}")
     lines.append(f"dashboard: {body.get('dashboard_url') or '-'}")
-    shown = {"protection_status", "protection_reason", "next_step"}
+    shown = {"protection_status", "protection_reason", "next_step", "recent_events"}
     lines += [f"{k}: {v}" for k, v in sorted(attrs.items()) if k not in shown]
+    # the broker's DR event log, newest first (docs/events.md)
+    lines += ["recent events:"] + [f"  {e.get('at')}  {e.get('type')}  {e.get('summary')}"
+                                   for e in attrs.get("recent_events") or []] if attrs.get("recent_events") else []
     s.emit({**body, "service_name": service, "plan_name": plan}, "\n".join(lines))
 
 

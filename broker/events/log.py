@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, text
@@ -35,18 +36,28 @@ class DrEvent:
 
 def record(conn: Connection, event: DrEvent, *, at: float) -> dict[str, Any]:
     """Append ``event`` in the caller's transaction; returns the stored row (with ``seq`` and ``id``)."""
-    kind = EVENT_TYPES.get(event.type)
-    if kind is None:
-        raise ValueError(f"unknown DR event type {event.type!r}")
+    return record_many(conn, [event], at=at)[0]
+
+
+def record_many(conn: Connection, events: Sequence[DrEvent], *, at: float) -> list[dict[str, Any]]:
+    """Append ``events`` in order in the caller's transaction, with consecutive seqs: one lock, one read of the
+    last seq and one (multi-row) insert however many there are."""
+    kinds = [EVENT_TYPES.get(e.type) for e in events]
+    for event, kind in zip(events, kinds, strict=True):
+        if kind is None:
+            raise ValueError(f"unknown DR event type {event.type!r}")
+    if not events:
+        return []
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-    last = conn.execute(select(func.max(dr_events.c.seq))).scalar()
-    row = {"seq": int(last or 0) + 1, "id": str(uuid.uuid4()), "at": round(at, 6), "type": event.type,
-           "severity": kind.severity, "instance_id": event.instance_id, "binding_id": event.binding_id,
-           "operation_id": event.operation_id, "summary": event.summary[:2000],
-           "data": json.dumps(dict(event.data), sort_keys=True, default=str)}
-    conn.execute(insert(dr_events).values(**row))
-    return _out(row)
+    last = int(conn.execute(select(func.max(dr_events.c.seq))).scalar() or 0)
+    rows = [{"seq": last + n, "id": str(uuid.uuid4()), "at": round(at, 6), "type": event.type,
+             "severity": kind.severity, "instance_id": event.instance_id, "binding_id": event.binding_id,
+             "operation_id": event.operation_id, "summary": event.summary[:2000],
+             "data": json.dumps(dict(event.data), sort_keys=True, default=str)}
+            for n, (event, kind) in enumerate(zip(events, kinds, strict=True), start=1) if kind is not None]
+    conn.execute(insert(dr_events), rows)
+    return [_out(row) for row in rows]
 
 
 def _out(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,3 +98,24 @@ def get_event(conn: Connection, ref: str | int) -> dict[str, Any] | None:
 
 def head_seq(conn: Connection) -> int:
     return int(conn.execute(select(func.max(dr_events.c.seq))).scalar() or 0)
+
+
+def iso(ts: float) -> str:
+    """An event's time as ISO 8601 UTC with milliseconds (what the CLI, fetch instance and exports show)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def public(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as JSON shows it: every column, ``at`` in ISO 8601 UTC."""
+    return {**event, "at": iso(event["at"])}
+
+
+def brief(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The short form fetch instance and the dashboard list: seq, at, type, severity, summary."""
+    return {"seq": event["seq"], "at": iso(event["at"]), "type": event["type"], "severity": event["severity"],
+            "summary": event["summary"]}
+
+
+def recent(conn: Connection, instance_id: str, count: int = 5) -> list[dict[str, Any]]:
+    """The instance's newest ``count`` events, newest first (one indexed query)."""
+    return list_events(conn, instance_id=instance_id, limit=count, newest_first=True)

@@ -7,6 +7,7 @@ path, with the documented request checks, status codes and each service's own er
 - IAM identity and policies: ``/v1/serviceids/``, ``/v1/apikeys``, ``/v1/policies``
 - resource controller ``/v2/resource_instances``; global catalog ``/api/v1``
 - DR Automation ``/drautomation/v1/...``; usage metering ``/v4/metering/resources/{id}/usage``
+- Event Notifications ``POST /v1/instances/{id}/notifications`` (``event_notifications``)
 
 Not IBM's: ``/_fake/...`` to inject faults (``POST /_fake/faults``), read the state and the request log.
 
@@ -23,7 +24,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from broker.fakecloud import admin, dra, iam, kms, platform, powervs
+from broker.fakecloud import admin, dra, event_notifications, iam, kms, platform, powervs
 from broker.fakecloud.contracts import service_of
 from broker.fakecloud.recorder import Recorder, json_body
 from broker.fakecloud.state import (
@@ -157,6 +158,6 @@ def create_app(state: FakeState) -> Flask:
         return _fake_error(FakeError(405, "method_not_allowed", f"{request.method} not allowed on {request.path}"))
 
     # each IBM service's routes, from its own module -----------------------------------------------
-    for service in (iam, powervs, kms, platform, dra, admin):
+    for service in (iam, powervs, kms, platform, dra, event_notifications, admin):
         service.register(app, S)
     return app

@@ -107,6 +107,9 @@ def write_only_values(parameters: Any, schema: Any) -> set[str]:
             for name, sub in (node.get("properties") or {}).items():
                 if name in value:
                     walk(sub, value[name])
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for item in value:  # webhooks[].secret
+                walk(node["items"], item)
 
     walk(schema or {}, parameters)
     return found

@@ -14,6 +14,8 @@ from broker.domain.catalog import Plan
 from broker.domain.errors import InvalidParameters, Unprocessable
 from broker.domain.protocols import Orchestrator
 from broker.domain.sites import is_grs_pair, parse_workspace_crn, partner_zones
+from broker.notifications.selection import check_notification_parameters
+from broker.rehearsals import spec as rehearsal_spec
 
 MAX_VOLUMES_PER_GROUP = 30
 
@@ -104,8 +106,10 @@ def validate_dr_parameters(plan: Plan, params: Mapping[str, Any], orchestrator: 
                            instance_id: str | None = None) -> str | None:
     """Run every rule; return the primary site's account (for the instance limit)."""
     sites = check_sites(params)
+    rehearsal_spec.check(params)  # cron syntax and time zone: what the schema cannot check
     check_plan_sections(plan, params)
     check_volumes(orchestrator, params, instance_id)
+    check_notification_parameters(params)
     return sites[0] if sites else None
 
 

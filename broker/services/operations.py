@@ -37,6 +37,7 @@ from broker.domain.models import (
     OperationType,
     StepRecord,
 )
+from broker.events.listener import operation_failed
 from broker.store.repository import Store
 from broker.workflows.definitions import Step, steps_for
 from broker.workflows.engine import PARKED, deadline, polling_limit, record_failure
@@ -233,6 +234,7 @@ class OperationsAdmin:
                                        lease_owner=None, lease_until=None):
                 raise Unprocessable(f"operation {op_id} changed meanwhile; look again")
             record_failure(tx, op, now)
+            operation_failed(tx.conn, op, ABANDONED, None, now)  # the DR events (a rehearsal or move ended)
             for rec in tx.steps(op.id):
                 if rec.state == "running":
                     tx.upsert_step(StepRecord(**{**rec.__dict__, "state": "failed", "finished_at": now,

@@ -43,6 +43,7 @@ from broker.domain.models import (
     OperationType,
 )
 from broker.domain.protocols import Orchestrator
+from broker.events.log import brief, recent
 from broker.security.links import DashboardLinks
 from broker.services.dr_validation import (
     check_bind_parameters,
@@ -87,6 +88,9 @@ def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+RECENT_EVENTS = 5  # how many of an instance's newest DR events fetch instance and the dashboard show
 
 
 def request_hash(**fields: Any) -> str:
@@ -278,6 +282,9 @@ class BrokerService:
                 if isinstance(changes.get("encryption"), dict) and isinstance(new_params.get("encryption"), dict):
                     # encryption is changed field by field: the fields an update leaves out keep their values
                     changes["encryption"] = {**new_params["encryption"], **changes["encryption"]}
+                if isinstance(changes.get("rehearsal"), dict) and isinstance(new_params.get("rehearsal"), dict):
+                    # so is rehearsal: {"rehearsal": {"enabled": false}} pauses the schedule it has
+                    changes["rehearsal"] = {**new_params["rehearsal"], **changes["rehearsal"]}
                 new_params.update(changes)
             new_params = validate_parameters(new_params, target.parameter_schema("provision"))
             check_encryption_change(inst.parameters, new_params)
@@ -329,6 +336,43 @@ class BrokerService:
                                           "target_plan_id": None, "target_maintenance_version": None})
         tx.insert_operation(op)
         return Result("accepted", op.id, {"operation": op.id})
+
+    def scheduled_rehearsal(self, tx: Tx, instance_id: str, caller: Caller,
+                            due_at: float) -> Operation | tuple[str, str]:
+        """Queue the rehearsal DR action that ``instance_id``'s schedule asks for, inside the caller's transaction
+        (broker.rehearsals.scheduler moves the schedule on in the same one), under the rules a platform's DR
+        action meets: the queued operation, or (reason, why) when it must be skipped now."""
+        tx.lock_instance(instance_id)
+        inst = tx.get_instance(instance_id)
+        if inst is None or inst.state == InstanceState.GONE:
+            return "gone", f"instance {instance_id} does not exist"
+        active = tx.active_operations(inst.id)
+        if active:
+            return "busy", f"{_a(active[0].type.value)} operation is in progress"
+        if inst.state != InstanceState.READY:
+            return "not_ready", f"the instance is {inst.state.value}"
+        if not inst.enabled:
+            return "disabled", "the instance is disabled by the platform"
+        plan = self.catalog.plan(inst.plan_id)
+        if plan is None:
+            return "not_ready", f"plan {inst.plan_id} is no longer in the catalog"
+        dr = inst.dr_state or {}
+        if dr.get("active_site", "primary") != "primary":
+            return "failed_over", "the instance is failed over to the secondary site"
+        if dr.get("test_active"):
+            return "test_active", "a test failover is active (cleanup_test has not run)"
+        why_not = DR_ACTIONS["rehearsal"].allowed(dr)
+        if why_not:
+            return "not_allowed", why_not
+        action = {"type": "rehearsal", "scheduled": True}
+        op = self._new_operation(instance_id=inst.id, binding_id=None, op_type=OperationType.UPDATE,
+                                 plan_id=plan.id, caller=caller,
+                                 request_hash=request_hash(kind="scheduled-rehearsal", due_at=due_at),
+                                 payload={"dr_action": action, "scheduled_for": due_at,
+                                          "target_parameters": inst.parameters, "target_plan_id": None,
+                                          "target_maintenance_version": None})
+        tx.insert_operation(op)
+        return op
 
     def _check_plan_change(self, service: Service, current: Plan, target: Plan) -> None:
         if not service.plan_updateable(current):
@@ -484,6 +528,9 @@ class BrokerService:
         # achieved_rpo_seconds and rpo_met come from the protection status: an RPO only while replication copies
         protection = assess(inst, status, self.clock(), self.catalog.plan(inst.plan_id))
         out.update(protection.attributes())
+        # the DR event log's newest entries (broker.events; docs/events.md): one indexed query
+        with self.store.read(snapshot=False) as tx:
+            out["recent_events"] = [brief(e) for e in recent(tx.conn, inst.id, RECENT_EVENTS)]
         return out, protection
 
     def get_binding(self, instance_id: str, binding_id: str) -> dict[str, Any]:

@@ -113,20 +113,30 @@ def sensitive_paths(schema: Mapping[str, Any] | None) -> set[tuple[str, ...]]:
             found.add(path)
         for name, sub in (node.get("properties") or {}).items():
             walk(sub, (*path, name))
+        walk(node.get("items"), (*path, "[]"))  # "[]": every item of an array (webhooks[].secret)
 
     walk(schema or {}, ())
     return found
+
+
+def _drop(node: Any, path: tuple[str, ...]) -> None:
+    if not path:
+        return
+    if path[0] == "[]":
+        for item in node if isinstance(node, list) else ():
+            _drop(item, path[1:])
+    elif isinstance(node, dict):
+        if len(path) == 1:
+            node.pop(path[0], None)
+        else:
+            _drop(node.get(path[0]), path[1:])
 
 
 def redact(parameters: Mapping[str, Any], schema: Mapping[str, Any] | None) -> dict[str, Any]:
     """A copy of ``parameters`` without the values the schema marks writeOnly."""
     out = copy.deepcopy(dict(parameters))
     for path in sensitive_paths(schema):
-        node: Any = out
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
+        _drop(out, path)
     return out
 
 

@@ -251,6 +251,14 @@ class Tx:
             instances.c.account_id == account_id, instances.c.state != InstanceState.GONE.value))
         return int(self.conn.execute(stmt).scalar_one())
 
+    def ready_instances(self, after: str | None, limit: int) -> list[Instance]:
+        """A page of the ready instances in id order, after ``after`` (keyset paging: the RPO sampler)."""
+        stmt = (select(instances).where(instances.c.state == InstanceState.READY.value)
+                .order_by(instances.c.id).limit(limit))
+        if after is not None:
+            stmt = stmt.where(instances.c.id > after)
+        return [_instance(r, self.sealer) for r in self.conn.execute(stmt)]
+
     def list_instances(self, *, include_gone: bool = False) -> list[Instance]:
         stmt = select(instances).order_by(instances.c.created_at)
         if not include_gone:

@@ -9,10 +9,10 @@ hold no tables, SQL or locks of their own. Rows come back as SQLAlchemy row mapp
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from broker.store.db import is_sqlite, writer_lock
@@ -61,11 +61,16 @@ class SimResourceRows:
         with writer_lock(self.engine), self.engine.begin() as conn:
             conn.execute(_UPDATE, {"k_id": resource_id, "state": state, "data": data, "updated_at": updated_at})
 
-    def update_if(self, resource_id: str, *, expect_data: str, state: str, data: str, updated_at: float) -> bool:
-        """``update`` only while the row's data is still ``expect_data`` (compare-and-set); False otherwise."""
+    def update_if(self, resource_id: str, *, expect_data: str, state: str, data: str, updated_at: float,
+                  also: Callable[[Connection], None] | None = None) -> bool:
+        """``update`` only while the row's data is still ``expect_data`` (compare-and-set); False otherwise.
+        ``also`` runs in the same transaction when the update won (the DR event of a key rotation)."""
         stmt = update(sim_resources).where(sim_resources.c.id == resource_id, sim_resources.c.data == expect_data)
         with writer_lock(self.engine), self.engine.begin() as conn:
-            return conn.execute(stmt, {"state": state, "data": data, "updated_at": updated_at}).rowcount > 0
+            won = conn.execute(stmt, {"state": state, "data": data, "updated_at": updated_at}).rowcount > 0
+            if won and also is not None:
+                also(conn)
+            return won
 
     def by_id(self, resource_id: str) -> Any:
         with self.engine.connect() as conn:

@@ -302,6 +302,8 @@ instance_snapshots = Table(
     Column("changed_at", Float, nullable=False),
     Column("exported_at", Float),
     Column("exported_key", Text),
+    # the changed_at its exported snapshot shows: due again while it is NULL or older than changed_at
+    Column("exported_changed_at", Float),
     Column("lease_owner", String(128)),
     Column("lease_until", Float),
 )

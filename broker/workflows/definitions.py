@@ -198,6 +198,21 @@ DR_ACTIONS: dict[str, DrAction] = {a.name: a for a in (
         ],
         result={"test_active": True}),
     DrAction(
+        # A whole rehearsal as one operation (what the rehearsal scheduler runs; a platform may ask for it
+        # too): test failover, its check and RTO, and the clean-up. A failure compensates start_rehearsal,
+        # so nothing of the rehearsal is left behind either way.
+        "rehearsal", real_move=False,
+        allowed=lambda s: ("a test failover is active; run cleanup_test first" if s.get("test_active")
+                           else "the instance is failed over; fail back before rehearsing"
+                           if _active(s) != "primary" else None),
+        build=lambda plan, a: [
+            Step("check_replication", "checking replication"),
+            Step("start_rehearsal", "starting rehearsal VMs and volumes at the secondary", "cleanup_rehearsal"),
+            Step("verify_rehearsal", "verifying the rehearsal and measuring the RTO"),
+            Step("cleanup_rehearsal", "removing rehearsal VMs and volumes"),
+        ],
+        result={"test_active": False}),
+    DrAction(
         "cleanup_test", real_move=False,
         allowed=lambda s: None if s.get("test_active") else "no test failover is active",
         build=lambda plan, a: [Step("cleanup_rehearsal", "removing rehearsal VMs and volumes")],

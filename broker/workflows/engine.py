@@ -299,6 +299,10 @@ class Engine:
                 self._tell(tx, "started", op, now)
         return True
 
+    def tell_failed(self, tx: Tx, op: Operation, reason: str, failed_action: str | None, now: float) -> None:
+        """Tell the listeners of a failure recorded outside a run (the deadline reaper), in its transaction."""
+        self._tell(tx, "failed", op, reason, failed_action, now)
+
     def _tell(self, tx: Tx, what: str, *args: Any) -> None:
         for listener in self.listeners:
             hook = getattr(listener, what, None)
@@ -451,7 +455,7 @@ class Engine:
                     dr_state.update(spec.result)
                     dr_state["last_action"] = {"type": action["type"], "mode": action.get("mode"),
                                                "finished_at": now}
-                    if action["type"] == "test_failover":
+                    if action["type"] in ("test_failover", "rehearsal"):
                         dr_state["last_rehearsal_at"] = now
                         # The backend measures RTO (the rehearsal's start until every managed VM is ACTIVE) and
                         # compares it with the plan's target; the wall time stands in only if it did not.

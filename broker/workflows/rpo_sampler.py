@@ -3,10 +3,13 @@
 One sampler per process; samples are keyed by (instance, time bucket), so several processes sampling the same
 bucket write one row (the duplicate insert is ignored). Old samples are pruned.
 
-A round costs a few statements per page of instances, not per instance: the ready ids are read a page at a
+A round costs a few statements per page of instances, not per instance: the ready instances are read a page at a
 time (keyset, by id), the backend is asked for the page's statuses at once, and the page's samples are
-inserted in one transaction. The sampler pauses briefly between pages so that at start-up, when it runs at
-once over every instance, it does not hold the CPU (and the SQLite writer lock) away from request threads.
+inserted in one transaction. The same page read feeds the DR event log (``broker.events.observations``:
+replication state changes, RPO breaches and recoveries, protection lost and regained), which writes only when
+something changed since it last looked, with its events in one transaction. The sampler pauses briefly
+between pages so that at start-up, when it runs at once over every instance, it does not hold the CPU (and
+the SQLite writer lock) away from request threads.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from broker.domain.models import InstanceState
+from broker.domain.models import Instance
 from broker.domain.protocols import Orchestrator
+from broker.events.observations import record_changes
 from broker.store.db import is_sqlite
 from broker.store.repository import Store
-from broker.store.tables import instances, rpo_samples
+from broker.store.tables import rpo_samples
 from broker.workflows.periodic import PeriodicJob
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class RpoSampler(PeriodicJob):
         self.clock = clock
         self.page_size = max(1, page_size)
         self.page_pause = max(0.0, page_pause)
+        self.events_written = 0  # DR events recorded by this sampler since it was made
 
     def run_once(self) -> int:
         return self.sample_once()
@@ -57,9 +62,10 @@ class RpoSampler(PeriodicJob):
         written = 0
         after: str | None = None
         while True:
-            ids = self._ready_ids(after)
-            if not ids:
+            page = self._ready_page(after)
+            if not page:
                 break
+            ids = [inst.id for inst in page]
             statuses = self.orchestrator.replication_statuses(ids)
             rows = []
             for iid in ids:
@@ -70,6 +76,7 @@ class RpoSampler(PeriodicJob):
                 rows.append(dict(instance_id=iid, at=bucket, achieved_rpo_seconds=rpo,
                                  replication_state=status.state))
             written += self._insert(rows)
+            self.events_written += record_changes(self.store, page, statuses, now)
             after = ids[-1]
             if len(ids) < self.page_size or self.pause(self.page_pause):
                 break
@@ -77,13 +84,9 @@ class RpoSampler(PeriodicJob):
             tx.conn.execute(delete(rpo_samples).where(rpo_samples.c.at < now - self.keep_seconds))
         return written
 
-    def _ready_ids(self, after: str | None) -> list[str]:
-        stmt = (select(instances.c.id).where(instances.c.state == InstanceState.READY.value)
-                .order_by(instances.c.id).limit(self.page_size))
-        if after is not None:
-            stmt = stmt.where(instances.c.id > after)
-        with self.store.engine.connect() as conn:
-            return [r[0] for r in conn.execute(stmt)]
+    def _ready_page(self, after: str | None) -> list[Instance]:
+        with self.store.read(snapshot=False) as tx:
+            return tx.ready_instances(after, self.page_size)
 
     def _insert(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert a page's samples in one statement; a bucket another process sampled first is skipped."""

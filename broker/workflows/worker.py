@@ -225,6 +225,7 @@ class Worker:
                                        state=OperationState.FAILED, description=f"failed: {reason}",
                                        error=reason, finished_at=now, lease_owner=None, lease_until=None):
                     record_failure(tx, tx.get_operation(op.id) or op, now)
+                    self.engine.tell_failed(tx, op, reason, None, now)
                     reaped.append(op.id)
         for op_id in reaped:
             log.warning("operation %s: still queued past its maximum_polling_duration; failed", op_id)

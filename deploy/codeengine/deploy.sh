@@ -38,3 +38,5 @@ ibmcloud ce application create "${APP_ARGS[@]}" 2>/dev/null || \
 URL=$(ibmcloud ce application get --name "$APP" --output url)
 ibmcloud ce application update --name "$APP" --env "DRBROKER_PUBLIC_URL=${URL}"
 echo "broker URL: $URL (register it with basic auth platform / \$BROKER_PASSWORD)"
+# Scheduled DR work (rehearsals, ...) also from a Code Engine cron, when no replica runs it.
+"$(dirname "${BASH_SOURCE[0]}")/jobs-cron.sh"

@@ -16,7 +16,7 @@ def test_openapi_document_is_valid_and_documents_the_dr_action_extension(osb) ->
     patch = doc["paths"]["/v2/service_instances/{instance_id}"]["patch"]
     ext = patch["requestBody"]["content"]["application/json"]["schema"]["x-dr-action"]
     assert set(ext["schema"]["properties"]["type"]["enum"]) == {"test_failover", "cleanup_test", "failover",
-                                                                 "failback", "resync"}
+                                                                 "failback", "resync", "rehearsal"}
 
 
 def test_openapi_document_covers_every_route_of_the_app(osb, app) -> None:

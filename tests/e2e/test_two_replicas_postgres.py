@@ -11,23 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import create_engine, text
 
 from broker.store import db
-from tests.conftest import postgres_url_or_skip
 from tests.e2e.conftest import BrokerProcess, Client, base_env, dr_params, drbroker_command, wait_until
 
 HOLD = "onboard_auxiliary_volumes=latency:60"
 
 
-@pytest.fixture
-def pg_url() -> str:
-    url = postgres_url_or_skip()
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    engine.dispose()
-    return url
 
 
 def _rows(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:

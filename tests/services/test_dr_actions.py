@@ -186,7 +186,7 @@ def test_second_test_failover_while_one_is_active_is_refused(dr: DR) -> None:
     _refused(dr, "d2-2test", "failover", "test failover is active")
 
 
-@pytest.mark.parametrize("kind", ["test_failover", "cleanup_test", "failover", "failback", "resync"])
+@pytest.mark.parametrize("kind", ["test_failover", "cleanup_test", "failover", "failback", "resync", "rehearsal"])
 def test_every_action_is_refused_on_a_disabled_instance(dr: DR, kind: str) -> None:
     iid = f"d2-dis-{kind}"
     dr.ready_plan(iid, "ksys-managed")

@@ -33,7 +33,8 @@ SERVICE_PREFIXES = (
     ("/identity/", "iam_token"), ("/pcloud/", "powervs"), ("/api/v2/", "kms"), ("/v1/serviceids", "iam_identity"),
     ("/v1/apikeys", "iam_identity"), ("/v1/policies", "iam_policy"), ("/v2/policies", "iam_policy"),
     ("/v2/resource_instances", "resource_controller"), ("/api/v1", "global_catalog"),
-    ("/drautomation/", "dra"), ("/v4/metering/", "metering"), ("/_fake/", "admin"),
+    ("/drautomation/", "dra"), ("/v4/metering/", "metering"), ("/v1/instances/", "event_notifications"),
+    ("/_fake/", "admin"),
 )
 
 

@@ -38,6 +38,8 @@ SERVICES = (
     SdkService("dra", "ibm_dra_python_sdk.dr_automation_service_v1", "DrAutomationServiceV1"),
     # Key Protect's answers; its request bodies are opaque bytes in this SDK and come from keyprotect.json
     SdkService("kms", "keyprotect.ibm_key_protect_api_v2", "IbmKeyProtectApiV2"),
+    # the notification destination (broker.notifications); send_notifications' body is its NotificationCreate
+    SdkService("event_notifications", "ibm_eventnotifications.event_notifications_v1", "EventNotificationsV1"),
 )
 
 # Where an SDK model's enum contradicts the service it describes: the values the service answers that the
@@ -157,6 +159,9 @@ def _operations(svc: SdkService, models: _Models) -> list[dict[str, Any]]:
             props = {k: (models.type_schema(params[v].annotation) if v in params else {}) for k, v in keys}
             required = [k for k, v in keys if v in params and params[v].default is inspect.Parameter.empty]
             body = {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+        elif "body" in params and re.search(r"\n\s+data = json\.dumps\(body\)", src):
+            # the body is one model passed whole (Event Notifications' ``send_notifications(body=...)``)
+            body = models.type_schema(params["body"].annotation) or None
         rtype = re.search(r"representing a `(\w+)` object", src)
         result = None
         if rtype and hasattr(getattr(models.module, rtype.group(1), None), "from_dict"):

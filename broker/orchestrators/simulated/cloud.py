@@ -14,11 +14,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from broker.store.simcloud import SimResourceRows
 
@@ -121,14 +121,14 @@ class SimulatedCloud:
         return Resource(id=res.id, kind=res.kind, name=res.name, instance_id=res.instance_id,
                         binding_id=res.binding_id, state=new_state, data=merged, created_at=res.created_at)
 
-    def update_if(self, res: Resource, *, state: str | None = None,
-                  data: Mapping[str, Any] | None = None) -> Resource | None:
+    def update_if(self, res: Resource, *, state: str | None = None, data: Mapping[str, Any] | None = None,
+                  also: Callable[[Connection], None] | None = None) -> Resource | None:
         """``update`` unless the resource changed since ``res`` was read (another process got there first):
-        then None, and nothing is written."""
+        then None, and nothing is written. ``also`` writes more in the same transaction when it won."""
         merged = {**res.data, **(data or {})}
         new_state = state if state is not None else res.state
         if not self.rows.update_if(res.id, expect_data=json.dumps(res.data, sort_keys=True), state=new_state,
-                                   data=json.dumps(merged, sort_keys=True), updated_at=time.time()):
+                                   data=json.dumps(merged, sort_keys=True), updated_at=time.time(), also=also):
             return None
         return Resource(id=res.id, kind=res.kind, name=res.name, instance_id=res.instance_id,
                         binding_id=res.binding_id, state=new_state, data=merged, created_at=res.created_at)

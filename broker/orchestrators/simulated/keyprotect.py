@@ -28,6 +28,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection
 
 from broker.domain.errors import DeletionRefused, PermanentBackendError
 from broker.orchestrators.simulated.cloud import Resource, SimulatedCloud
@@ -99,17 +100,19 @@ class SimKeyProtect:
         except InvalidTag:
             raise PermanentBackendError("Key Protect: unwrap failed: wrong AAD or ciphertext (422)") from None
 
-    def rotate(self, key_id: str, *, now: float | None = None, if_due: bool = False) -> str | None:
+    def rotate(self, key_id: str, *, now: float | None = None, if_due: bool = False,
+               also: Callable[[Connection, str], None] | None = None) -> str | None:
         """Add a key version (the newest is used from now on; the old ones still unwrap). ``if_due``: only when
         the key is due for rotation (``due_for_rotation``); None when it was not (or another process rotated
-        it first)."""
+        it first). ``also(conn, new_version_id)`` runs in the rotation's transaction (its DR event)."""
         for _ in range(5):
             key = self._key(key_id)
             when = self.clock() if now is None else now
             if if_due and not self.due_for_rotation(key, when):
                 return None
             version = _version(when)
-            if self.cloud.update_if(key, data={"versions": [*key.data["versions"], version]}) is not None:
+            hook = None if also is None else (lambda conn, vid=str(version["id"]): also(conn, vid))
+            if self.cloud.update_if(key, data={"versions": [*key.data["versions"], version]}, also=hook) is not None:
                 return str(version["id"])
             if if_due:
                 return None  # changed meanwhile: look again at the next round

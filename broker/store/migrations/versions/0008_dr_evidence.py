@@ -92,6 +92,7 @@ def upgrade() -> None:
         sa.Column("changed_at", sa.Float, nullable=False),
         sa.Column("exported_at", sa.Float),
         sa.Column("exported_key", sa.Text),
+        sa.Column("exported_changed_at", sa.Float),
         sa.Column("lease_owner", sa.String(128)),
         sa.Column("lease_until", sa.Float),
     )
