@@ -24,11 +24,11 @@ from tests.conftest import SERVICE_ID
 from tests.e2e.conftest import BrokerProcess, Client
 from tests.services.conftest import PLAN_NAMES, params_for
 
-# The day-2 actions each plan offers (rehearsal-only refuses real moves).
+# The day-2 actions each plan offers (rehearsal-only refuses real moves); `rehearsal` is what the scheduler runs.
 ACTIONS: dict[str, list[tuple[str, str | None]]] = {
-    "grs-async": [("test_failover", None), ("cleanup_test", None), ("failover", "planned"), ("failback", None),
-                  ("resync", None), ("failover", "unplanned"), ("failback", None)],
-    "rehearsal-only": [("test_failover", None), ("cleanup_test", None)],
+    "grs-async": [("test_failover", None), ("cleanup_test", None), ("rehearsal", None), ("failover", "planned"),
+                  ("failback", None), ("resync", None), ("failover", "unplanned"), ("failback", None)],
+    "rehearsal-only": [("test_failover", None), ("cleanup_test", None), ("rehearsal", None)],
 }
 FULL = ACTIONS["grs-async"]
 
