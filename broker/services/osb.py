@@ -174,6 +174,15 @@ class BrokerService:
 
     # provision ------------------------------------------------------------------------------------
     def provision(self, req: ProvisionRequest) -> Result:
+        digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
+                              organization_guid=req.organization_guid, space_guid=req.space_guid,
+                              maintenance_version=req.maintenance_version)
+        # An id that exists (or is being provisioned) is answered before the body is checked against a plan:
+        # different attributes are 409 even when the new plan's schema would refuse them (OSB: a 409 must not
+        # hide behind a 400 for the new body's parameters).
+        repeat = self._existing_instance(req, digest)
+        if repeat is not None:
+            return repeat
         _service, plan = self._service_plan(req.service_id, req.plan_id)
         assert plan is not None
         if not req.context.get("platform"):
@@ -187,9 +196,6 @@ class BrokerService:
             raise AsyncRequired("provisioning disaster recovery takes minutes; retry with accepts_incomplete=true")
         account = validate_dr_parameters(plan, params, self.orchestrator, req.instance_id) or \
             req.context.get("account_id")
-        digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
-                              organization_guid=req.organization_guid, space_guid=req.space_guid,
-                              maintenance_version=req.maintenance_version)
         dashboard = self.dashboard_url(req.instance_id, req.caller)
         now = self.clock()
         with self.store.write() as tx:
@@ -222,6 +228,22 @@ class BrokerService:
         self.runner.wake()
         return Result("accepted", op.id, {"dashboard_url": self.dashboard_link(dashboard, req.instance_id),
                                           "operation": op.id})
+
+    def _existing_instance(self, req: ProvisionRequest, digest: str) -> Result | None:
+        """The answer for an id that already names a live instance (409, or the repeat's 202/200); None for a new
+        one. One read when the id is new; the write transaction that creates the instance checks again."""
+        with self.store.read(snapshot=False) as tx:
+            if not tx.instance_exists(req.instance_id):
+                return None
+        with self.store.write() as tx:
+            tx.lock_instance(req.instance_id)
+            existing = tx.get_instance(req.instance_id)
+            if existing is None or existing.state == InstanceState.GONE:
+                return None
+            result = self._repeat_provision(tx, existing, digest)
+        if result.status == "accepted" and not req.accepts_incomplete:
+            raise AsyncRequired("provisioning disaster recovery takes minutes; retry with accepts_incomplete=true")
+        return result
 
     def _repeat_provision(self, tx: Tx, existing: Instance, digest: str) -> Result:
         if existing.request_hash != digest:
@@ -547,14 +569,20 @@ class BrokerService:
 
     # bind / unbind --------------------------------------------------------------------------------
     def bind(self, req: BindRequest) -> Result:
+        digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
+                              bind_resource=req.bind_resource, app_guid=req.app_guid)
+        # As for instances: an existing (or in-flight) binding id is answered before the body meets the plan.
+        repeat = self._existing_binding(req, digest)
+        if isinstance(repeat, Result):
+            return repeat
+        if repeat is not None:
+            return self._finish_sync_bind(req.instance_id, req.binding_id, repeat, created=False)
         service, plan = self._service_plan(req.service_id, req.plan_id)
         assert plan is not None
         if not service.bindable(plan):
             raise BadRequest(f"plan_id: plan {plan.name!r} is not bindable")
         params = validate_parameters(req.parameters, plan.parameter_schema("bind"))
         check_bind_parameters(plan, params)
-        digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
-                              bind_resource=req.bind_resource, app_guid=req.app_guid)
         now = self.clock()
         with self.store.write() as tx:
             tx.lock_instance(req.instance_id)
@@ -588,6 +616,20 @@ class BrokerService:
             self.runner.wake()
             return Result("accepted", op_id, {"operation": op_id})
         return self._finish_sync_bind(req.instance_id, req.binding_id, op_id, created=created)
+
+    def _existing_binding(self, req: BindRequest, digest: str) -> Result | str | None:
+        """For a binding id that is live already: the repeat's answer (or 409), or the running bind's operation
+        id for a synchronous repeat to wait on; None for a new id (its instance is checked later)."""
+        with self.store.read(snapshot=False) as tx:
+            existing = tx.get_binding(req.instance_id, req.binding_id)
+            if existing is None or existing.state == BindingState.GONE:
+                return None
+        with self.store.write() as tx:
+            tx.lock_instance(req.instance_id)
+            existing = tx.get_binding(req.instance_id, req.binding_id)
+            if existing is None or existing.state == BindingState.GONE:
+                return None
+            return self._repeat_bind(tx, existing, digest, req.accepts_incomplete)
 
     def _check_bindable_instance(self, tx: Tx, inst: Instance, plan_id: str) -> None:
         if inst.state in (InstanceState.PROVISIONING, InstanceState.DEPROVISIONING):
