@@ -26,7 +26,8 @@ from tests.conftest import ROOT, required_in_ci
 RULES = ROOT / "deploy" / "prometheus" / "drbroker-alerts.yaml"
 # What a second replica of the same database reports the same as the first: the gauges read from the
 # database at scrape time. Its own counters and process figures are its own (left out here).
-SHARED_PREFIXES = ("drbroker_instance_", "drbroker_operation", "drbroker_queue_")
+SHARED_PREFIXES = ("drbroker_instance_", "drbroker_operation", "drbroker_queue_", "drbroker_notifications_",
+                   "drbroker_cos_")
 REPLICAS = ("broker-0:8080", "broker-1:8080")
 
 

@@ -6,6 +6,7 @@ record the broker keeps (its store) or the simulated storage's record moved back
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,15 @@ def lag_replication(db_path: Path, iid: str, seconds: float) -> None:
     since = time.time() - seconds
     cloud.update(group, data={"consistent_since": since, "cycle_period_seconds": int(seconds * 10)})
     engine.dispose()
+
+
+def outbox_states(db_path: Path) -> dict[str, int]:
+    """Notification deliveries by state."""
+    with sqlite3.connect(db_path, timeout=30) as conn:
+        return dict(conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
+
+
+def backdate_events(db_path: Path, seconds: float) -> None:
+    """Every DR event written ``seconds`` earlier than it was."""
+    with sqlite3.connect(db_path, timeout=30) as conn:
+        conn.execute("UPDATE dr_events SET at = at - ?", (seconds,))

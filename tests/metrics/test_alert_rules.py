@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import free_port, wait_until
 from tests.metrics import promtool, states
 from tests.metrics.promtool import RULES
 
@@ -31,9 +31,10 @@ def test_promtool_accepts_the_rules() -> None:
     run = subprocess.run([promtool.promtool(), "check", "rules", str(RULES)], capture_output=True, text=True,
                          timeout=60, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 5 rules found" in run.stdout, run.stdout
+    assert "SUCCESS: 7 rules found" in run.stdout, run.stdout
     assert set(promtool.alerts()) == {"DrBrokerNotProtected", "DrBrokerRpoOverTarget", "DrBrokerRehearsalOverdue",
-                                      "DrBrokerOperationStuck", "DrBrokerBackendErrors"}
+                                      "DrBrokerOperationStuck", "DrBrokerBackendErrors", "DrBrokerNotificationsDead",
+                                      "DrBrokerEvidenceExportLagging"}
 
 
 def test_every_alert_has_a_severity_a_for_and_says_what_to_do() -> None:
@@ -126,3 +127,31 @@ def test_a_few_retries_are_not_an_alert(tmp_path, broker_factory, client_for, db
     assert promtool.samples(bad)[("drbroker_backend_errors_total",
                                   (("action", "create_service_id"), ("kind", "transient")))] == 8
     promtool.check(tmp_path, [(healthy, HEALTHY_MINUTES), (bad, BAD_MINUTES)], {})
+
+
+def test_notifications_dead_fires_once_a_delivery_gives_up(tmp_path, broker_factory, client_for, db_path) -> None:
+    # a webhook on a loopback port nobody listens on: connection refused, one attempt allowed, dead
+    closed = free_port()
+    broker, c, healthy = _scenario(broker_factory, client_for, db_path, DRBROKER_NOTIFY_MAX_ATTEMPTS="1",
+                                   DRBROKER_NOTIFY_INTERVAL_SECONDS="0.1", DRBROKER_WEBHOOK_ALLOW_PRIVATE="true")
+    states.provision(c, "dr-hooked", 1, webhooks=[{"url": f"https://127.0.0.1:{closed}/hook",
+                                                   "secret": "s" * 32, "event_types": ["*"]}])
+    wait_until(lambda: states.outbox_states(db_path).get("dead"), 30, "a dead delivery")
+    bad = states.scrape(broker)
+    promtool.check(tmp_path, [(healthy, HEALTHY_MINUTES), (bad, BAD_MINUTES)], {"DrBrokerNotificationsDead": [{}]})
+
+
+def test_evidence_export_lagging_fires_when_cos_is_unreachable(tmp_path, broker_factory, client_for,
+                                                               db_path) -> None:
+    cos = {"DRBROKER_COS_ENDPOINT": f"http://127.0.0.1:{free_port()}", "DRBROKER_COS_BUCKET": "dr-evidence",
+           "DRBROKER_COS_ACCESS_KEY_ID": "test-key", "DRBROKER_COS_SECRET_ACCESS_KEY": "test-secret-key",
+           "DRBROKER_COS_EXPORT_SECONDS": "0.2"}
+    broker, _c, _ = _scenario(broker_factory, client_for, db_path, **cos)
+    failing = ("drbroker_cos_export_failing", (("stream", "events"),))
+    # failing, but only seconds behind: no alert yet
+    healthy = wait_until(lambda: (text := states.scrape(broker)) and promtool.samples(text)[failing] == 1 and text,
+                         60, "the export failing against the closed port")
+    states.backdate_events(db_path, 3600)  # the events written an hour ago are still not in COS
+    bad = states.scrape(broker)
+    promtool.check(tmp_path, [(healthy, HEALTHY_MINUTES), (bad, BAD_MINUTES)],
+                   {"DrBrokerEvidenceExportLagging": [{"stream": "events"}]})
