@@ -44,7 +44,7 @@ def test_an_instance_being_provisioned_is_409_for_a_different_body_and_202_for_t
 
 
 def test_a_new_id_with_a_bad_body_is_400_and_nothing_is_written(osb: OSB) -> None:
-    status, code, text = _error(osb.provision("c-3", KSYS_PLAN, GRS_PARAMS))
+    status, _, text = _error(osb.provision("c-3", KSYS_PLAN, GRS_PARAMS))
     assert status == 400 and "orchestrator" in text
     assert osb.get("/v2/service_instances/c-3/last_operation").status_code == 404
 
