@@ -20,6 +20,7 @@ from broker.api import dashboard, health, ibm, metrics, openapi, osb
 from broker.api.audit_refusals import RefusalLimiter
 from broker.api.errors import body_for, status_for
 from broker.api.rawpath import RawPathMiddleware
+from broker.api.versions import prune
 from broker.config import Settings
 from broker.domain.catalog import Catalog, load_catalog
 from broker.domain.errors import BrokerError, PayloadTooLarge, Unauthorized
@@ -302,7 +303,9 @@ def make_meter(settings: Settings, runtime: Runtime) -> Any:
 
 def _error_response(error: BrokerError) -> tuple[Response, int] | Response:
     status = status_for(error)
-    response = jsonify(body_for(error, allow_usable_flags=request.endpoint in _USABLE_FLAG_ENDPOINTS))
+    body = body_for(error, allow_usable_flags=request.endpoint in _USABLE_FLAG_ENDPOINTS)
+    # /v2 errors carry only the fields of the request's version (set once the version header passed)
+    response = jsonify(prune("error", body, g.osb_minor) if "osb_minor" in g else body)
     response.status_code = status
     if status == 401:
         runtime = current_app.extensions.get("drbroker")

@@ -123,7 +123,8 @@ def event_for(response: Response, *, read_body: bool = True) -> AuditEvent:
     if not (ok_instance and ok_binding):
         detail["invalid_id"] = True
     if body is not None:
-        for key in ("service_id", "plan_id"):
+        # predecessor_binding_id: a rotation's record names the binding it succeeds
+        for key in ("service_id", "plan_id", "predecessor_binding_id"):
             if isinstance(body.get(key), str):
                 detail[key] = body[key][: p.MAX_ID_LENGTH]
         if isinstance(body.get("parameters"), dict):

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from broker.api import parsing as p
+from broker.api import versions
 from broker.api.hosts import trusted_base_url
 from broker.domain.errors import VersionNotSupported
 from broker.services.osb import BrokerService
@@ -24,8 +25,9 @@ from broker.services.requests import (
     UnbindRequest,
     UpdateRequest,
 )
+from broker.services.rotation import ROTATION_MIN_VERSION
 
-MIN_MINOR, MAX_MINOR = 12, 17
+MIN_MINOR, MAX_MINOR = versions.MIN_MINOR, versions.MAX_MINOR
 
 _CODES = {"created": 201, "accepted": 202, "ok": 200}
 
@@ -43,6 +45,11 @@ def check_version() -> None:
         shown = "missing" if not header else "not supported"
         raise VersionNotSupported(f"X-Broker-API-Version is {shown}; this broker speaks 2.{MIN_MINOR} to "
                                   f"2.{MAX_MINOR} (use 2.{MAX_MINOR})")
+    g.osb_minor = version[1]  # answers carry only the fields this version defines (broker/api/versions.py)
+
+
+def minor() -> int:
+    return g.get("osb_minor", MAX_MINOR)
 
 
 @bp.before_request
@@ -60,12 +67,12 @@ def caller() -> Caller:
                   request_identity=ident[:p.MAX_ID_LENGTH] if ident else None, base_url=trusted_base_url())
 
 
-def respond(result: Result) -> tuple[Response, int]:
+def respond(kind: str, result: Result) -> tuple[Response, int]:
     body = {k: v for k, v in result.body.items() if v is not None}
-    return jsonify(body), _CODES[result.status]
+    return jsonify(versions.prune(kind, body, minor())), _CODES[result.status]
 
 
-def respond_last_operation(report: LastOperation) -> Response:
+def respond_last_operation(kind: str, report: LastOperation) -> Response:
     body: dict[str, Any] = {"state": report.state}
     if report.description:
         body["description"] = report.description
@@ -73,7 +80,7 @@ def respond_last_operation(report: LastOperation) -> Response:
         body["instance_usable"] = report.instance_usable
     if report.update_repeatable is not None:
         body["update_repeatable"] = report.update_repeatable
-    response = jsonify(body)
+    response = jsonify(versions.prune(kind, body, minor()))
     if report.retry_after is not None:
         response.headers["Retry-After"] = str(report.retry_after)
     return response
@@ -81,7 +88,7 @@ def respond_last_operation(report: LastOperation) -> Response:
 
 @bp.get("/v2/catalog")
 def catalog() -> Response:
-    return Response(service().catalog.document_json, mimetype="application/json")
+    return Response(versions.catalog_json(service().catalog, minor()), mimetype="application/json")
 
 
 @bp.put("/v2/service_instances/<instance_id>")
@@ -101,7 +108,7 @@ def provision(instance_id: str) -> tuple[Response, int]:
         maintenance_version=p.maintenance_version(body),
         caller=caller(),
     )
-    return respond(service().provision(req))
+    return respond("provision", service().provision(req))
 
 
 @bp.patch("/v2/service_instances/<instance_id>")
@@ -120,7 +127,7 @@ def update(instance_id: str) -> tuple[Response, int]:
         previous_values=body.get("previous_values") or {},
         caller=caller(),
     )
-    return respond(service().update(req))
+    return respond("update", service().update(req))
 
 
 @bp.delete("/v2/service_instances/<instance_id>")
@@ -132,18 +139,20 @@ def deprovision(instance_id: str) -> tuple[Response, int]:
         accepts_incomplete=p.flag(request.args, "accepts_incomplete"),
         caller=caller(),
     )
-    return respond(service().deprovision(req))
+    return respond("deprovision", service().deprovision(req))
 
 
 @bp.get("/v2/service_instances/<instance_id>/last_operation")
 def last_operation(instance_id: str) -> Response:
     iid = p.decode_id(instance_id, "instance_id")
-    return respond_last_operation(service().last_operation(iid, request.args.get("operation") or None))
+    report = service().last_operation(iid, request.args.get("operation") or None)
+    return respond_last_operation("last_operation", report)
 
 
 @bp.get("/v2/service_instances/<instance_id>")
 def get_instance(instance_id: str) -> Response:
-    return jsonify(service().get_instance(p.decode_id(instance_id, "instance_id")))
+    body = service().get_instance(p.decode_id(instance_id, "instance_id"))
+    return jsonify(versions.prune("fetch_instance", body, minor()))
 
 
 @bp.put("/v2/service_instances/<instance_id>/service_bindings/<binding_id>")
@@ -151,12 +160,18 @@ def bind(instance_id: str, binding_id: str) -> tuple[Response, int]:
     iid = p.decode_id(instance_id, "instance_id")
     bid = p.decode_id(binding_id, "binding_id")
     accepts = p.flag(request.args, "accepts_incomplete")
-    body = p.check_body(p.json_body(request.get_data()), p.BIND_BODY)
+    raw = p.json_body(request.get_data())
+    rotating = raw.get("predecessor_binding_id") is not None  # OSB 2.17 rotation (broker/services/rotation.py)
+    body = p.check_body(raw, p.ROTATE_BODY if rotating else p.BIND_BODY)
+    if rotating:
+        p.require_version(request.headers.get("X-Broker-API-Version"), ROTATION_MIN_VERSION,
+                          "predecessor_binding_id")
     req = BindRequest(
         instance_id=iid,
         binding_id=bid,
-        service_id=body["service_id"],
-        plan_id=body["plan_id"],
+        service_id=body.get("service_id", ""),
+        plan_id=body.get("plan_id", ""),
+        predecessor_binding_id=body.get("predecessor_binding_id"),
         accepts_incomplete=accepts,
         parameters=body.get("parameters") or {},
         bind_resource=body.get("bind_resource") or {},
@@ -164,7 +179,7 @@ def bind(instance_id: str, binding_id: str) -> tuple[Response, int]:
         app_guid=body.get("app_guid"),
         caller=caller(),
     )
-    return respond(service().bind(req))
+    return respond("bind", service().bind(req))
 
 
 @bp.delete("/v2/service_instances/<instance_id>/service_bindings/<binding_id>")
@@ -177,7 +192,7 @@ def unbind(instance_id: str, binding_id: str) -> tuple[Response, int]:
         accepts_incomplete=p.flag(request.args, "accepts_incomplete"),
         caller=caller(),
     )
-    return respond(service().unbind(req))
+    return respond("unbind", service().unbind(req))
 
 
 @bp.get("/v2/service_instances/<instance_id>/service_bindings/<binding_id>/last_operation")
@@ -185,11 +200,11 @@ def last_binding_operation(instance_id: str, binding_id: str) -> Response:
     iid = p.decode_id(instance_id, "instance_id")
     bid = p.decode_id(binding_id, "binding_id")
     return respond_last_operation(
-        service().last_binding_operation(iid, bid, request.args.get("operation") or None))
+        "binding_last_operation", service().last_binding_operation(iid, bid, request.args.get("operation") or None))
 
 
 @bp.get("/v2/service_instances/<instance_id>/service_bindings/<binding_id>")
 def get_binding(instance_id: str, binding_id: str) -> Response:
     iid = p.decode_id(instance_id, "instance_id")
     bid = p.decode_id(binding_id, "binding_id")
-    return jsonify(service().get_binding(iid, bid))
+    return jsonify(versions.prune("fetch_binding", service().get_binding(iid, bid), minor()))

@@ -47,6 +47,15 @@ def parse_version(header: str | None) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def require_version(header: str | None, least: tuple[int, int], field: str) -> None:
+    """A request field the request's ``X-Broker-API-Version`` does not define yet is a 400 naming both: a
+    platform speaking an older version would otherwise get a silently different outcome."""
+    version = parse_version(header)
+    if version is None or version < least:
+        raise BadRequest(f"{field}: defined by OSB {least[0]}.{least[1]}; send X-Broker-API-Version: "
+                         f"{least[0]}.{least[1]} or later")
+
+
 def flag(args: Mapping[str, str], name: str) -> bool:
     raw = args.get(name)
     if raw is None:
@@ -119,7 +128,12 @@ BIND_BODY: dict[str, Any] = {"type": "object", "required": ["service_id", "plan_
         "app_guid": _id(), "route": {"type": "string"},
         "serviceid_crn": {"type": "string", "description": "IBM Cloud: bind this service ID"}}}}}
 
-_VALIDATORS = {id(s): Draft202012Validator(s) for s in (PROVISION_BODY, UPDATE_BODY, BIND_BODY)}
+# OSB 2.17 "Request (Rotating a Service Binding)": the body is ``predecessor_binding_id*``; the successor
+# inherits service_id, plan_id, parameters and bind_resource (broker/services/rotation.py), so they are optional.
+ROTATE_BODY: dict[str, Any] = {"type": "object", "required": ["predecessor_binding_id"], "properties": {
+    "predecessor_binding_id": _REQUIRED_ID, **BIND_BODY["properties"]}}
+
+_VALIDATORS = {id(s): Draft202012Validator(s) for s in (PROVISION_BODY, UPDATE_BODY, BIND_BODY, ROTATE_BODY)}
 _ARTICLE = {"object": "an", "array": "an"}
 
 

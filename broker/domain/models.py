@@ -81,6 +81,12 @@ class Binding:
     request_hash: str
     created_at: float
     updated_at: float
+    # rotation (OSB 2.17, broker.services.rotation): the binding this one succeeds, the first of the chain
+    # (whose service ID and grants it shares), and its lifetime from the plan (epoch seconds)
+    predecessor_binding_id: str | None = None
+    identity_binding_id: str | None = None
+    expires_at: float | None = None
+    renew_before: float | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ class StepContext:
     binding_parameters: Mapping[str, Any] = field(default_factory=dict)
     bind_resource: Mapping[str, Any] = field(default_factory=dict)
     outputs: Mapping[str, Any] = field(default_factory=dict)
+    # the binding whose service ID and access policies this binding uses: the first of its rotation chain
+    # (``broker.services.rotation``); None for a binding that has its own
+    identity_binding_id: str | None = None
     # when the operation started running (epoch seconds): a rehearsal measures its RTO from here
     operation_started_at: float | None = None
 

@@ -87,6 +87,11 @@ class EventListener:
         elif op.type in (OperationType.BIND, OperationType.UNBIND):
             purpose = self._purpose(op)
             issued = op.type == OperationType.BIND
+            predecessor = op.payload.get("predecessor_binding_id") if issued else None
+            if predecessor:  # a rotation's successor (broker/services/rotation.py): one event says both
+                _emit(conn, op, "binding.rotated", f"binding {op.binding_id} rotated from {predecessor} ({purpose})",
+                      {"purpose": purpose, "predecessor_binding_id": predecessor}, now)
+                return
             _emit(conn, op, "binding.issued" if issued else "binding.revoked",
                   f"binding {op.binding_id} {'issued' if issued else 'revoked'} ({purpose})",
                   {"purpose": purpose}, now)

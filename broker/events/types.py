@@ -56,6 +56,8 @@ EVENT_TYPES: dict[str, EventType] = {t.name: t for t in (
               "rotation policy)", ("key_id", "version_id", "rotation_interval_months", "by")),
     EventType("binding.issued", "info", "credentials were issued to a binding", ("purpose",)),
     EventType("binding.revoked", "info", "a binding's credentials and access were revoked", ("purpose",)),
+    EventType("binding.rotated", "info", "a successor binding (OSB 2.17 rotation) got fresh credentials on its "
+              "predecessor's grants; both stay valid until each is unbound", ("purpose", "predecessor_binding_id")),
 )}
 
 

@@ -45,6 +45,7 @@ from broker.domain.models import (
 from broker.domain.protocols import Orchestrator
 from broker.events.log import brief, recent
 from broker.security.links import DashboardLinks
+from broker.services import rotation
 from broker.services.dr_validation import (
     check_bind_parameters,
     check_customer_api_key,
@@ -564,19 +565,23 @@ class BrokerService:
         return {
             "credentials": binding.credentials or {},
             "parameters": redact(binding.parameters, plan.parameter_schema("bind") if plan else None),
-            "metadata": {},
+            "metadata": rotation.metadata(binding),
         }
 
     # bind / unbind --------------------------------------------------------------------------------
     def bind(self, req: BindRequest) -> Result:
         digest = request_hash(service_id=req.service_id, plan_id=req.plan_id, parameters=req.parameters,
-                              bind_resource=req.bind_resource, app_guid=req.app_guid)
+                              bind_resource=req.bind_resource, app_guid=req.app_guid,
+                              **({"predecessor_binding_id": req.predecessor_binding_id}
+                                 if req.predecessor_binding_id else {}))
         # As for instances: an existing (or in-flight) binding id is answered before the body meets the plan.
         repeat = self._existing_binding(req, digest)
         if isinstance(repeat, Result):
             return repeat
         if repeat is not None:
             return self._finish_sync_bind(req.instance_id, req.binding_id, repeat, created=False)
+        if req.predecessor_binding_id:  # OSB 2.17 rotation: the successor inherits its predecessor's request
+            req = rotation.resolve(self.store, self.catalog, req, self.clock())
         service, plan = self._service_plan(req.service_id, req.plan_id)
         assert plan is not None
         if not service.bindable(plan):
@@ -598,14 +603,16 @@ class BrokerService:
                 op_id, created = outcome, False
             else:
                 self._check_bindable_instance(tx, inst, req.plan_id)
+                rotated = rotation.binding_fields(tx, req, plan, now)  # lifetime; a successor's predecessor
                 binding = Binding(
                     instance_id=inst.id, id=req.binding_id, service_id=req.service_id, plan_id=req.plan_id,
                     state=BindingState.BINDING, parameters=params, bind_resource=dict(req.bind_resource),
                     context=dict(req.context), credentials=None, request_hash=digest, created_at=now,
-                    updated_at=now)
+                    updated_at=now, **rotated)
                 op = self._new_operation(instance_id=inst.id, binding_id=req.binding_id,
                                          op_type=OperationType.BIND, plan_id=req.plan_id, request_hash=digest,
-                                         caller=req.caller, payload={"purpose": params.get("purpose")})
+                                         caller=req.caller, payload={"purpose": params.get("purpose"),
+                                                                     **rotation.payload_fields(rotated)})
                 if existing is None:
                     tx.insert_binding(binding)
                 else:
@@ -657,7 +664,8 @@ class BrokerService:
         if active:
             raise ConcurrencyError(f"binding {existing.id} is being deleted")
         if existing.state == BindingState.BOUND:
-            return Result("ok", None, {"credentials": existing.credentials or {}})
+            return Result("ok", None, {"credentials": existing.credentials or {},
+                                       "metadata": rotation.metadata(existing)})
         raise Conflict(f"binding {existing.id} exists in state {existing.state.value}; unbind it first")
 
     def _wait(self, op_id: str) -> Operation:
@@ -676,7 +684,8 @@ class BrokerService:
         with self.store.read() as tx:
             binding = tx.get_binding(instance_id, binding_id)
         assert binding is not None
-        return Result("created" if created else "ok", None, {"credentials": binding.credentials or {}})
+        return Result("created" if created else "ok", None, {"credentials": binding.credentials or {},
+                                                             "metadata": rotation.metadata(binding)})
 
     def unbind(self, req: UnbindRequest) -> Result:
         self._service_plan(req.service_id, req.plan_id)
@@ -708,7 +717,8 @@ class BrokerService:
                 op = self._new_operation(instance_id=req.instance_id, binding_id=req.binding_id,
                                          op_type=OperationType.UNBIND, plan_id=binding.plan_id,
                                          request_hash=request_hash(kind="unbind"), caller=req.caller,
-                                         blocked_by=blocked_by)
+                                         blocked_by=blocked_by,
+                                         payload=rotation.unbind_payload(binding))
                 tx.update_binding(req.instance_id, req.binding_id, state=BindingState.UNBINDING.value,
                                   updated_at=self.clock())
                 tx.insert_operation(op)

@@ -64,6 +64,8 @@ class BindRequest:
     context: dict[str, Any] = field(default_factory=dict)
     app_guid: str | None = None
     caller: Caller = field(default_factory=Caller)
+    # OSB 2.17 rotation: the binding this one succeeds (service_id, plan_id and parameters are inherited)
+    predecessor_binding_id: str | None = None
 
 
 @dataclass(frozen=True)

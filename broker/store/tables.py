@@ -61,6 +61,11 @@ bindings = Table(
     Column("request_hash", Text, nullable=False),  # sealed (broker.store.sealed)
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # binding rotation (migration 0009)
+    Column("predecessor_binding_id", String(ID)),
+    Column("identity_binding_id", String(ID)),
+    Column("expires_at", Float),
+    Column("renew_before", Float),
 )
 
 operations = Table(

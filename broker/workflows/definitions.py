@@ -109,7 +109,21 @@ def bind_purpose(plan: Plan, payload: Mapping[str, Any]) -> str:
     return "orchestrator" if plan.features.get("orchestrator") == "ksys" else "readonly"
 
 
+def _rotate(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
+    # A successor (OSB 2.17 rotation, broker.services.rotation) keeps the grants of its chain's first binding
+    # (``identity_binding_id``): it finds that service ID again, gets a data key wrapped for itself (AAD names
+    # its own binding id) and an API key of its own on the shared service ID. Nothing shared is undone when it
+    # fails: only its own API key is revoked.
+    steps = [Step("reuse_service_id", "finding the predecessor's service ID")]
+    if bind_purpose(plan, payload) == "kms-dek":
+        steps.append(Step("wrap_key", "wrapping a fresh data key"))
+    steps.append(Step("issue_credentials", "issuing fresh credentials", "revoke_credentials"))
+    return steps
+
+
 def _bind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
+    if payload.get("identity_binding_id"):
+        return _rotate(plan, payload)
     # Every binding: an identity, an access policy on each of the instance's workspaces (the role follows the
     # bind parameters ``purpose`` and ``role``), and the credentials. ``kms-dek`` adds Reader on the root key
     # and a wrapped data key.
@@ -127,6 +141,8 @@ def _bind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
 
 
 def _unbind(plan: Plan, payload: Mapping[str, Any]) -> list[Step]:
+    # The same steps for every binding: the first revokes only this binding's API key; the access policies
+    # and the service ID go only when no other binding of the rotation chain still holds a key on them.
     return [
         Step("revoke_credentials", "revoking credentials"),
         Step("revoke_access", "revoking every access policy of the binding"),
@@ -261,9 +277,10 @@ def bind_purposes(plan: Plan) -> list[str]:
 
 
 def variants(plan: Plan) -> list[Mapping[str, Any]]:
-    """The payloads besides DR actions that change a workflow's steps: a bind's purpose, an update's new API
-    key."""
-    return [{"rotate_api_key": True}, *({"purpose": p} for p in bind_purposes(plan))]
+    """The payloads besides DR actions that change a workflow's steps: a bind's purpose (of a first binding or
+    of a rotation's successor), an update's new API key."""
+    return [{"rotate_api_key": True}, *({"purpose": p} for p in bind_purposes(plan)),
+            *({"purpose": p, "identity_binding_id": "rotation"} for p in bind_purposes(plan))]
 
 
 def all_actions(plan: Plan) -> set[str]:

@@ -189,6 +189,7 @@ class Engine:
             binding_parameters=dict(binding.parameters if binding else {}),
             bind_resource=dict(binding.bind_resource if binding else {}),
             outputs=dict(outputs),
+            identity_binding_id=op.payload.get("identity_binding_id"),
             operation_started_at=op.started_at or op.created_at,
         )
 

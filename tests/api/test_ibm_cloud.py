@@ -125,7 +125,8 @@ def test_disabled_instance_keeps_replicating(osb, ibm_ready):
         assert tx.get_instance(INSTANCE_CRN).state == InstanceState.READY
     kinds = {r.kind for r in ibm_ready.orchestrator.cloud.inventory(INSTANCE_CRN)}
     assert "volume_group" in kinds
-    fetched = osb.get(f"/v2/service_instances/{IID}", headers=IBM_HEADERS)
+    # instance metadata on fetch is a 2.17 field (broker/api/versions.py); IBM's 2.12 never fetches instances
+    fetched = osb.get(f"/v2/service_instances/{IID}", headers={**IBM_HEADERS, "X-Broker-API-Version": "2.17"})
     assert fetched.status_code == 200 and fetched.json["metadata"]["attributes"]["enabled"] is False
 
 

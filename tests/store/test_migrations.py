@@ -22,7 +22,7 @@ def test_upgrade_is_idempotent(db_url: str) -> None:
     engine = db.make_engine(db_url)
     db.upgrade(engine)
     db.upgrade(engine)
-    assert db.current_revision(engine) == "0008"
+    assert db.current_revision(engine) == "0009"
 
 
 def test_postgresql_urls_select_psycopg3() -> None:
@@ -45,7 +45,7 @@ def test_db_upgrade_command(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DRBROKER_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     result = CliRunner().invoke(main, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "revision 0008" in result.output
+    assert "revision 0009" in result.output
 
 
 def test_0006_keeps_rows_and_their_plain_digests_readable(db_url: str, tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_0006_keeps_rows_and_their_plain_digests_readable(db_url: str, tmp_path:
             id="before-0006", service_id="s", plan_id="p", state="ready", parameters='{"rpo_target_minutes": 15}',
             context="{}", request_hash=digest, enabled=True, created_at=1.0, updated_at=1.0))
     db.upgrade(engine)
-    assert db.current_revision(engine) == "0008"
+    assert db.current_revision(engine) == "0009"
     store = Store(engine, Envelope(LocalKeyFile(tmp_path / "kek.json")))
     with store.read() as tx:
         inst = tx.get_instance("before-0006")

@@ -5,7 +5,9 @@ instance's two workspaces (roles from the bind parameters ``purpose`` and ``role
 and with ``purpose: kms-dek`` Reader on the instance's root key; its credentials describe the replication, the
 orchestrator (``orchestrator`` and ``kms-dek``), the wrapped data key (``kms-dek``) and the grants. Every policy
 of a binding is described ``<binding name>-<grant>``: unbinding removes them by that prefix, deprovisioning
-removes every binding's IAM objects by the instance's.
+removes every binding's IAM objects by the instance's. A rotation's successor (OSB 2.17) uses its chain's first
+binding's service ID and policies with an API key of its own; unbinding removes the shared ones only when no
+other binding's key is left on the service ID.
 """
 
 from __future__ import annotations
@@ -36,11 +38,39 @@ class AccessSteps(IbmSteps):
         return {"serviceid_crn": sid.get("crn"), "serviceid_id": sid.get("id"), "iam_id": sid.get("iam_id"),
                 "serviceid_created": True}
 
+    @staticmethod
+    def _owner(ctx: StepContext) -> str:
+        """The binding whose service ID and policies this binding uses: the first of its rotation chain."""
+        return ctx.identity_binding_id or ctx.binding_id or ""
+
+    def reuse_service_id(self, ctx: StepContext) -> Mapping[str, Any]:
+        """A rotation's successor: the service ID of its chain's first binding, whose access policies stay."""
+        sid = self.iam.find_service_id(self._account(ctx), Names(ctx.instance_id).binding(self._owner(ctx)))
+        if sid is None:
+            raise PermanentBackendError(f"the service ID of binding {self._owner(ctx)} is gone; bind anew "
+                                        "instead of rotating")
+        return {"serviceid_crn": sid.get("crn"), "serviceid_id": sid.get("id"), "iam_id": sid.get("iam_id"),
+                "serviceid_created": True}
+
+    def _others(self, ctx: StepContext, account: str, sid: Mapping[str, Any]) -> list[str]:
+        """The names of API keys other bindings of this instance hold on the service ID (a rotation's predecessor
+        or successor; named ``<instance tag>-<binding>-key``): while one is left, the service ID and its policies
+        stay. Keys someone else made on the service ID do not count."""
+        names = Names(ctx.instance_id)
+        own = names.binding_key(ctx.binding_id or "")
+        return sorted(name for k in self.iam.api_keys(account, sid["iam_id"])
+                      if (name := str(k.get("name") or "")) != own and name.startswith(names.tag + "-")
+                      and name.endswith("-key"))
+
     def delete_service_id(self, ctx: StepContext) -> Mapping[str, Any]:
         if not ctx.parameters.get("primary_workspace_crn"):
             return {}
-        sid = self.iam.find_service_id(self._account(ctx), Names(ctx.instance_id).binding(ctx.binding_id or ""))
+        account = self._account(ctx)
+        sid = self.iam.find_service_id(account, Names(ctx.instance_id).binding(self._owner(ctx)))
         if sid is not None:
+            others = self._others(ctx, account, sid)
+            if others:
+                return {"service_id_kept_for": others}
             self.iam.delete_service_id(sid["id"])
         return {}
 
@@ -84,8 +114,13 @@ class AccessSteps(IbmSteps):
             return {}
         names = Names(ctx.instance_id)
         account = self._account(ctx)
+        if description is None:
+            sid = self.iam.find_service_id(account, names.binding(self._owner(ctx)))
+            others = self._others(ctx, account, sid) if sid is not None else []
+            if others:  # a binding of the same rotation chain still uses these grants
+                return {"revoked_policies": [], "access_kept_for": others}
         policies = (self.iam.policies_described(account, description) if description else
-                    self.iam.policies_with_prefix(account, names.binding_policy_prefix(ctx.binding_id or "")))
+                    self.iam.policies_with_prefix(account, names.binding_policy_prefix(self._owner(ctx))))
         removed = []
         for policy in policies:
             self.iam.delete_policy(policy["id"])
@@ -153,7 +188,7 @@ class AccessSteps(IbmSteps):
             return {}
         names = Names(ctx.instance_id)
         account = self._account(ctx)
-        sid = self.iam.find_service_id(account, names.binding(ctx.binding_id or ""))
+        sid = self.iam.find_service_id(account, names.binding(self._owner(ctx)))
         if sid is None:
             return {}
         for key in self.iam.api_keys(account, sid["iam_id"]):

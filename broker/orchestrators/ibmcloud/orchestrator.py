@@ -132,6 +132,7 @@ class IbmCloudOrchestrator(IbmSteps):
             "update_orchestrator_api_key": dr.update_api_key,
             # bind / unbind
             "create_service_id": access.create_service_id,
+            "reuse_service_id": access.reuse_service_id,
             "delete_service_id": access.delete_service_id,
             "grant_workspace_access": access.grant_workspace_access,
             "revoke_access": access.revoke_access,

@@ -45,6 +45,7 @@ _WEIGHTS = {
     "wait_consistent_copying": 2.0,
     "wait_reverse_consistent": 2.0,
     "create_service_id": 0.1,
+    "reuse_service_id": 0.1,
     "grant_key_access": 0.1,
     "grant_workspace_access": 0.1,
     "revoke_access": 0.1,
@@ -115,6 +116,7 @@ class SimulatedOrchestrator:
             "update_orchestrator_api_key": self._update_orchestrator_api_key,
             # bind / unbind
             "create_service_id": self._create_service_id,
+            "reuse_service_id": self._reuse_service_id,
             "delete_service_id": self._delete_service_id,
             "grant_workspace_access": self._grant_workspace_access,
             "revoke_access": self._revoke_access,
@@ -544,9 +546,33 @@ class SimulatedOrchestrator:
         return {"serviceid_crn": f"crn:v1:bluemix:public:iam-identity::a/{account_id}::serviceid:{sid.id}",
                 "serviceid_created": True}
 
+    def _reuse_service_id(self, ctx: StepContext) -> Mapping[str, Any]:
+        """A rotation's successor: the service ID (and so the access policies) of its chain's first binding."""
+        owner = ctx.identity_binding_id or ctx.binding_id
+        sid = self.cloud.get("service_id", ctx.instance_id, owner)
+        if sid is None:
+            raise PermanentBackendError(f"the service ID of binding {owner} is gone; bind anew instead of rotating")
+        return {"serviceid_crn": f"crn:v1:bluemix:public:iam-identity::a/{sid.data.get('account', 'sim')}::"
+                                 f"serviceid:{sid.id}", "serviceid_created": True}
+
+    def _other_keys(self, ctx: StepContext) -> list[str]:
+        """The bindings (other than this one) that still hold an API key on this binding's service ID: while
+        any does (a rotation's predecessor or successor), the service ID and its policies stay."""
+        sid = self.cloud.get("service_id", ctx.instance_id, ctx.identity_binding_id or ctx.binding_id)
+        if sid is None:
+            return []
+        return sorted(str(k.binding_id) for k in self.cloud.of_kind("api_key", ctx.instance_id)
+                      if k.binding_id != ctx.binding_id and str(k.data.get("serviceid_crn", "")).endswith(
+                          f":serviceid:{sid.id}"))
+
     def _delete_service_id(self, ctx: StepContext) -> Mapping[str, Any]:
         self.cloud.remove_all("api_key", ctx.instance_id, ctx.binding_id)
-        self.cloud.remove_all("service_id", ctx.instance_id, ctx.binding_id)
+        others = self._other_keys(ctx)
+        if others:
+            return {"service_id_kept_for": others}
+        owner = ctx.identity_binding_id or ctx.binding_id
+        self.cloud.remove_all("api_key", ctx.instance_id, owner)
+        self.cloud.remove_all("service_id", ctx.instance_id, owner)
         return {}
 
     @staticmethod
@@ -566,8 +592,12 @@ class SimulatedOrchestrator:
         return {"workspace_policy_ids": ids}
 
     def _revoke_access(self, ctx: StepContext) -> Mapping[str, Any]:
-        removed = self.cloud.remove_all("access_policy", ctx.instance_id, ctx.binding_id)
-        removed += self.cloud.remove_all("key_policy", ctx.instance_id, ctx.binding_id)
+        others = self._other_keys(ctx)
+        if others:  # a binding of the same rotation chain still uses these grants
+            return {"revoked_policies": 0, "access_kept_for": others}
+        owner = ctx.identity_binding_id or ctx.binding_id
+        removed = self.cloud.remove_all("access_policy", ctx.instance_id, owner)
+        removed += self.cloud.remove_all("key_policy", ctx.instance_id, owner)
         return {"revoked_policies": removed}
 
     def _grant_key_access(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -622,7 +652,8 @@ class SimulatedOrchestrator:
             # A fresh key on every run: an earlier attempt's plaintext is gone (only its hash was kept).
             apikey = secrets.token_urlsafe(32)
             self.cloud.remove_all("api_key", ctx.instance_id, ctx.binding_id)
-            self.cloud.ensure("api_key", ctx.instance_id, ctx.binding_id, "active", {"sha256": _hash(apikey)})
+            self.cloud.ensure("api_key", ctx.instance_id, ctx.binding_id, "active",
+                              {"sha256": _hash(apikey), "serviceid_crn": ctx.outputs.get("serviceid_crn")})
             iam["apikey"] = apikey
         credentials["iam"] = iam
         credentials["access"] = {"purpose": wants, "role": ctx.binding_parameters.get("role", "Reader"),
