@@ -129,7 +129,9 @@ def test_readme_dr_walkthrough(broker_factory: Callable[..., BrokerProcess], tmp
 def test_readme_client_walkthrough(broker_factory: Callable[..., BrokerProcess], tmp_path: Path) -> None:
     """The `drbroker client` section, in the second terminal (BROKER_PASSWORD set), after the curl walk-through
     (whose volumes it uses once they are free again)."""
-    readme = _readme_broker(broker_factory, tmp_path)
+    # Steps of 0.3 s: a provision lasts well past the client's first poll (Retry-After 1 s while queued), so a
+    # poll lands on a running step however fast or loaded the machine is.
+    readme = _readme_broker(broker_factory, tmp_path, step="0.3")
     curl = readme.run(on_port(block("walkthrough"), readme.broker.port), timeout=120)
     assert curl.returncode == 0, curl.stdout + curl.stderr
     result = readme.run(on_port(block("client-walkthrough"), readme.broker.port))
