@@ -17,8 +17,8 @@ from sqlalchemy import Connection
 
 from broker.domain.models import Instance, Operation, OperationType
 from broker.events.log import DrEvent, record
+from broker.workflows.definitions import REHEARSAL_ACTIONS as REHEARSALS
 
-REHEARSALS = frozenset({"test_failover", "rehearsal"})  # "rehearsal": the scheduled (full) rehearsal action
 MOVES = frozenset({"failover", "failback"})
 
 

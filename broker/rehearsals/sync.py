@@ -16,10 +16,9 @@ from typing import Any
 from broker.domain.models import Instance, Operation, OperationType
 from broker.rehearsals import rows
 from broker.rehearsals.spec import effective
+from broker.workflows.definitions import REHEARSAL_ACTIONS
 
 log = logging.getLogger(__name__)
-
-REHEARSAL_ACTIONS = frozenset({"rehearsal", "test_failover"})
 
 
 def _dr_action(op: Operation) -> str | None:

@@ -13,15 +13,13 @@ from typing import Any
 
 from broker.domain.models import Operation, OperationState, OperationType, StepRecord
 from broker.reports.model import Failure, Move, Rehearsal
+from broker.workflows.definitions import REHEARSAL_ACTIONS
 
 REHEARSAL_EVENTS = ("rehearsal.started", "rehearsal.passed", "rehearsal.failed", "rehearsal.skipped")
 MOVE_EVENTS = ("failover.started", "failover.finished", "failback.started", "failback.finished")
 FAILURE_EVENTS = ("step.failed",)
 EVENT_TYPES = REHEARSAL_EVENTS + MOVE_EVENTS + FAILURE_EVENTS
 _MOVES = ("failover", "failback")
-# test_failover (a platform's request, cleaned up later by cleanup_test) and rehearsal (the whole rehearsal as
-# one operation, what the rehearsal schedule runs).
-REHEARSAL_ACTIONS = ("test_failover", "rehearsal")
 
 
 def action_of(op: Operation) -> str | None:

@@ -201,12 +201,24 @@ def _failback_steps(plan: Plan, action: Mapping[str, Any]) -> list[Step]:
     return steps
 
 
+# The DR actions that rehearse (test failover): the engine records their RTO, the event log, the rehearsal
+# schedule and the reports treat them as rehearsals. "rehearsal" is the whole one the scheduler runs.
+REHEARSAL_ACTIONS = frozenset({"test_failover", "rehearsal"})
+
+
+def _rehearsal_blocker(state: Mapping[str, Any]) -> str | None:
+    """Why no rehearsal may start in this DR state (None: one may)."""
+    if state.get("test_active"):
+        return "a test failover is already active; run cleanup_test first"
+    if _active(state) != "primary":
+        return "the instance is failed over; fail back before rehearsing"
+    return None
+
+
 DR_ACTIONS: dict[str, DrAction] = {a.name: a for a in (
     DrAction(
         "test_failover", real_move=False,
-        allowed=lambda s: ("a test failover is already active; run cleanup_test first" if s.get("test_active")
-                           else "the instance is failed over; fail back before rehearsing"
-                           if _active(s) != "primary" else None),
+        allowed=_rehearsal_blocker,
         build=lambda plan, a: [
             Step("check_replication", "checking replication"),
             Step("start_rehearsal", "starting rehearsal VMs and volumes at the secondary", "cleanup_rehearsal"),
@@ -218,9 +230,7 @@ DR_ACTIONS: dict[str, DrAction] = {a.name: a for a in (
         # too): test failover, its check and RTO, and the clean-up. A failure compensates start_rehearsal,
         # so nothing of the rehearsal is left behind either way.
         "rehearsal", real_move=False,
-        allowed=lambda s: ("a test failover is active; run cleanup_test first" if s.get("test_active")
-                           else "the instance is failed over; fail back before rehearsing"
-                           if _active(s) != "primary" else None),
+        allowed=_rehearsal_blocker,
         build=lambda plan, a: [
             Step("check_replication", "checking replication"),
             Step("start_rehearsal", "starting rehearsal VMs and volumes at the secondary", "cleanup_rehearsal"),

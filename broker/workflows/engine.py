@@ -42,7 +42,7 @@ from broker.domain.models import (
 from broker.domain.protocols import Orchestrator, StepContext
 from broker.security.redaction import redact, write_only_values
 from broker.store.repository import Store, Tx
-from broker.workflows.definitions import DR_ACTIONS, Step, steps_for
+from broker.workflows.definitions import DR_ACTIONS, REHEARSAL_ACTIONS, Step, steps_for
 from broker.workflows.retry import RetryDeadline, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -456,7 +456,7 @@ class Engine:
                     dr_state.update(spec.result)
                     dr_state["last_action"] = {"type": action["type"], "mode": action.get("mode"),
                                                "finished_at": now}
-                    if action["type"] in ("test_failover", "rehearsal"):
+                    if action["type"] in REHEARSAL_ACTIONS:
                         dr_state["last_rehearsal_at"] = now
                         # The backend measures RTO (the rehearsal's start until every managed VM is ACTIVE) and
                         # compares it with the plan's target; the wall time stands in only if it did not.
